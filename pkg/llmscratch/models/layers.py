@@ -1,0 +1,80 @@
+"""Building blocks shared by the transformer models: LayerNorm, GELU, the position-wise feed-forward network.
+
+Each is written out (not ``nn.LayerNorm``/``nn.GELU``) because the book builds them by hand; the tests check
+them against PyTorch's versions so that the models can rely on them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["LayerNorm", "GELU", "FeedForward"]
+
+
+class LayerNorm(nn.Module):
+    """Layer normalization over the last dimension (Ba et al., 2016) with a learned scale and shift.
+
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias``, with the *biased* variance, as in GPT-2 and
+    ``nn.LayerNorm``. Parameter names (``weight``, ``bias``) match ``nn.LayerNorm`` so Hugging Face checkpoints
+    map one to one. The forward pass calls ``F.layer_norm``: the same arithmetic in one fused kernel.
+
+    Shapes: ``(..., d)`` -> ``(..., d)``.
+    """
+
+    def __init__(self, d: int, eps: float = 1e-5, bias: bool = True):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+        self.bias = nn.Parameter(torch.zeros(d)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}, bias={self.bias is not None}"
+
+
+class GELU(nn.Module):
+    """Gaussian Error Linear Unit (Hendrycks & Gimpel, 2016).
+
+    ``approximate="tanh"`` is the curve GPT-2 and BERT's original code use:
+    ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``; ``"none"`` is the exact ``x * Phi(x)``.
+    """
+
+    def __init__(self, approximate: str = "tanh"):
+        super().__init__()
+        if approximate not in ("tanh", "none"):
+            raise ValueError(f"approximate must be 'tanh' or 'none', got {approximate!r}")
+        self.approximate = approximate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(x, approximate=self.approximate)
+
+    @staticmethod
+    def by_hand(x: torch.Tensor) -> torch.Tensor:
+        """The tanh formula written out; equal to ``GELU("tanh")(x)`` (the tests check it)."""
+        return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+
+
+class FeedForward(nn.Module):
+    """Position-wise feed-forward network: ``Linear(d, hidden) -> GELU -> Linear(hidden, d) -> Dropout``.
+
+    ``hidden`` defaults to ``4 * d`` as in GPT-2 and BERT. Shapes: ``(batch, seq, d)`` -> ``(batch, seq, d)``.
+    Attribute names ``fc`` / ``proj`` follow nanoGPT's ``c_fc`` / ``c_proj`` roles.
+    """
+
+    def __init__(self, d: int, hidden: int | None = None, dropout: float = 0.0, bias: bool = True,
+                 approximate: str = "tanh"):
+        super().__init__()
+        hidden = 4 * d if hidden is None else hidden
+        self.fc = nn.Linear(d, hidden, bias=bias)
+        self.act = GELU(approximate)
+        self.proj = nn.Linear(hidden, d, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(self.act(self.fc(x))))

@@ -1,0 +1,144 @@
+"""Small helpers every chapter uses: seeding, device choice, autocast dtype and an environment report.
+
+One place for these, so that a notebook's second cell reads the same in every chapter::
+
+    from llmscratch.utils import seed_everything, get_device
+    seed_everything(SEED)
+    device = get_device(DEVICE)
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import sys
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["seed_everything", "get_device", "autocast_dtype", "autocast", "env_report", "format_env_report", "in_colab"]
+
+
+def seed_everything(seed: int = 123, deterministic: bool = False) -> int:
+    """Seed Python, NumPy and PyTorch (all devices) so a run can be repeated.
+
+    ``deterministic=True`` also asks PyTorch for deterministic kernels (slower on a GPU; some ops then raise).
+    Returns the seed, so ``SEED = seed_everything(SEED)`` reads naturally.
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # seeds CUDA and MPS generators too
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    return seed
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def get_device(device: str | torch.device | None = "auto") -> torch.device:
+    """Resolve a device request.
+
+    ``"auto"`` (or ``None``) picks CUDA, then Apple's MPS, then the CPU. An explicit request for a device that
+    is not there raises with the fix, instead of failing later inside a kernel.
+    """
+    if isinstance(device, torch.device):
+        device = str(device)
+    if device is None or device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if not isinstance(device, str):
+        raise TypeError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N', 'mps' or a torch.device, got {device!r}")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"device {device!r} was requested but CUDA is not available here. "
+            "Use DEVICE='auto' (falls back to the CPU), or in Colab choose Runtime > Change runtime type > GPU."
+        )
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise RuntimeError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
+    if dev.type == "mps" and not _mps_available():
+        raise RuntimeError(f"device {device!r} was requested but MPS is not available; use DEVICE='auto' or 'cpu'")
+    return dev
+
+
+def autocast_dtype(device: str | torch.device = "auto") -> torch.dtype | None:
+    """The mixed-precision dtype to use on ``device``, or ``None`` for full float32.
+
+    bfloat16 where the hardware supports it (Ampere and newer GPUs): same exponent range as float32, so no
+    loss scaling is needed. float16 on older GPUs (use it with ``torch.amp.GradScaler``). On the CPU and MPS we
+    return ``None``: CPU autocast is slower than float32 for the small models of this course.
+    """
+    dev = get_device(device)
+    if dev.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None
+
+
+def autocast(device: str | torch.device = "auto", enabled: bool = True):
+    """A ``torch.autocast`` context with :func:`autocast_dtype`; a no-op where that is ``None``.
+
+    Usage: ``with autocast(device): loss = model(x)``.
+    """
+    dev = get_device(device)
+    dtype = autocast_dtype(dev)
+    return torch.autocast(device_type=dev.type, dtype=dtype, enabled=enabled and dtype is not None)
+
+
+def in_colab() -> bool:
+    """True when running inside Google Colab."""
+    return "google.colab" in sys.modules
+
+
+def env_report(device: str | torch.device = "auto") -> dict[str, Any]:
+    """Versions, device and memory, as a dict (see :func:`format_env_report` for the printed form)."""
+    dev = get_device(device)
+    report: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(terse=True),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "device": str(dev),
+        "cpu_threads": torch.get_num_threads(),
+        "autocast_dtype": str(autocast_dtype(dev)).replace("torch.", ""),
+        "colab": in_colab(),
+    }
+    for name in ("tiktoken", "pandas", "matplotlib", "transformers"):
+        try:
+            module = __import__(name)
+            report[name] = getattr(module, "__version__", "?")
+        except ImportError:
+            report[name] = "not installed"
+    try:
+        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        report["ram_gb"] = round(pages * page_size / 1e9, 1)
+    except (ValueError, OSError, AttributeError):
+        report["ram_gb"] = None
+    if dev.type == "cuda":
+        props = torch.cuda.get_device_properties(dev)
+        report["gpu"] = props.name
+        report["gpu_memory_gb"] = round(props.total_memory / 1e9, 1)
+        report["cuda"] = torch.version.cuda
+        report["flash_sdp_enabled"] = torch.backends.cuda.flash_sdp_enabled()
+    return report
+
+
+def format_env_report(device: str | torch.device = "auto") -> str:
+    """The environment report as aligned ``key: value`` lines, for printing in a notebook."""
+    report = env_report(device)
+    width = max(len(k) for k in report)
+    return "\n".join(f"{k:<{width}} : {v}" for k, v in report.items())

@@ -1,0 +1,43 @@
+"""Shared test set-up: the data folder, no network, and the list of notebooks.
+
+``$LLMSCRATCH_DATA`` points at ``../shared/data`` when the caller has not set it and that folder exists (the
+layout of CI and of a developer checkout). ``$LLMSCRATCH_OFFLINE=1`` makes any accidental download fail at
+once; tests of the download code unset it for a server on 127.0.0.1 that they start themselves.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+if not os.environ.get("LLMSCRATCH_DATA") and SHARED_DATA.is_dir():
+    os.environ["LLMSCRATCH_DATA"] = str(SHARED_DATA)
+os.environ.setdefault("LLMSCRATCH_OFFLINE", "1")
+# Notebooks started by the tests must not open windows or fight over the two cores.
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def notebooks(*folders: str) -> list[Path]:
+    """Every .ipynb under the given top-level folders, sorted, checkpoints excluded."""
+    found = []
+    for folder in folders:
+        found += [p for p in sorted((REPO / folder).rglob("*.ipynb")) if ".ipynb_checkpoints" not in p.parts]
+    return found
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    value = os.environ.get("LLMSCRATCH_DATA")
+    if not value or not Path(value).is_dir():
+        pytest.skip("needs the data folder: set LLMSCRATCH_DATA to the shared data folder (see README)")
+    return Path(value)
