@@ -457,7 +457,7 @@ def _materialize(entry: DataFile, dest: Path) -> Path:
         if not archive_path.is_file() or file_sha256(archive_path) != archive.sha256:
             _download(archive.urls, archive_path, archive.sha256)
     data = entry.build(archive_path)
-    tmp = dest.with_name(f".{dest.name}.building")
+    tmp = dest.with_name(f".building.{dest.name}")  # keeps the suffix content_sha256 reads
     _atomic_write(tmp, data)
     try:
         verify(tmp, entry)

@@ -1,0 +1,324 @@
+"""llmscratch.data: the registry, checksums, resolution order, downloads (against a local server) and loaders."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.server
+import io
+import os
+import tarfile
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from llmscratch import data
+from llmscratch.data import ChecksumError, DataFile, DataNotFoundError
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    """No $LLMSCRATCH_DATA, an empty cache, downloads allowed (tests that download serve from 127.0.0.1)."""
+    monkeypatch.delenv("LLMSCRATCH_DATA", raising=False)
+    monkeypatch.setenv("LLMSCRATCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("LLMSCRATCH_OFFLINE", raising=False)
+    data._VERIFIED.clear()
+    return tmp_path
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A static file server on 127.0.0.1 over tmp_path/www; yields (root folder, base URL, request log)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    log = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=str(root), **kw)
+
+        def log_message(self, *args):
+            log.append(self.path)
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{httpd.server_port}/", log
+    httpd.shutdown()
+
+
+def _entry(relpath: str, payload: bytes, url: str) -> DataFile:
+    return DataFile(relpath, hashlib.sha256(payload).hexdigest(), urls=(url,))
+
+
+# --- the registry matches the shared data folder -------------------------------------------------------------
+
+
+def test_registry_covers_the_design(data_dir):
+    expected = {
+        "gpt2/encoder.json", "gpt2/vocab.bpe", "text/the-verdict.txt", "imdb/imdb_train.csv.gz",
+        "imdb/imdb_test.csv.gz", "imdb/imdb_unsup.csv.gz", "mnist/train-images-idx3-ubyte.gz",
+        "mnist/train-labels-idx1-ubyte.gz", "mnist/t10k-images-idx3-ubyte.gz", "mnist/t10k-labels-idx1-ubyte.gz",
+        "mnist/mnist.npz", "sms_spam/SMSSpamCollection.tsv",
+    }
+    assert set(data.REGISTRY) == expected
+    for rel, entry in data.REGISTRY.items():
+        assert len(entry.sha256) == 64
+        # every file has a real way to be obtained: official URLs, or a build from an official archive/other files
+        assert entry.urls or entry.build is not None, rel
+        assert all(u.startswith("https://") for u in entry.urls), rel
+
+
+@pytest.mark.parametrize("relpath", sorted(data.REGISTRY))
+def test_shared_files_match_their_checksums(relpath, data_dir):
+    path = data_dir / relpath
+    assert data.file_sha256(path) == data.REGISTRY[relpath].sha256
+    assert data.fetch(relpath) == path
+
+
+def test_sizes_match(data_dir):
+    for rel, entry in data.REGISTRY.items():
+        assert (data_dir / rel).stat().st_size == entry.size, rel
+
+
+def test_content_hash_of_built_files(data_dir):
+    # built files also verify by content, so a rebuilt (differently compressed) copy is accepted
+    for rel in ("imdb/imdb_test.csv.gz", "mnist/mnist.npz"):
+        assert data.content_sha256(data_dir / rel) == data.REGISTRY[rel].content_sha256
+
+
+def test_recompressed_copy_passes_by_content(data_dir, tmp_path):
+    raw = gzip.decompress((data_dir / "imdb/imdb_test.csv.gz").read_bytes())
+    copy = tmp_path / "imdb_test.csv.gz"
+    copy.write_bytes(gzip.compress(raw, compresslevel=1))
+    assert data.file_sha256(copy) != data.REGISTRY["imdb/imdb_test.csv.gz"].sha256
+    assert data.verify(copy, "imdb/imdb_test.csv.gz") == copy
+
+
+# --- resolution order ------------------------------------------------------------------------------------------
+
+
+def test_resolution_order(isolated, data_dir, monkeypatch):
+    rel = "text/the-verdict.txt"
+    src = (data_dir / rel).read_bytes()
+    explicit = isolated / "explicit.txt"
+    explicit.write_bytes(src)
+    home = isolated / "home"
+    (home / "text").mkdir(parents=True)
+    (home / rel).write_bytes(src)
+    cache = data.cache_dir() / rel
+    cache.parent.mkdir(parents=True)
+    cache.write_bytes(src)
+
+    monkeypatch.setenv("LLMSCRATCH_DATA", str(home))
+    assert data.fetch(rel, path=explicit) == explicit          # 1. explicit file
+    assert data.fetch(rel, path=home) == home / rel            #    explicit folder
+    assert data.fetch(rel) == home / rel                       # 2. $LLMSCRATCH_DATA
+    monkeypatch.delenv("LLMSCRATCH_DATA")
+    assert data.fetch(rel) == cache                            # 3. cache
+    cache.unlink()
+    monkeypatch.setenv("LLMSCRATCH_OFFLINE", "1")
+    with pytest.raises(DataNotFoundError, match="LLMSCRATCH_OFFLINE"):
+        data.fetch(rel)                                        # 4. download (forbidden here)
+    with pytest.raises(DataNotFoundError, match="download=False"):
+        data.fetch(rel, download=False)
+
+
+def test_data_home_without_the_file_falls_through_to_cache(isolated, data_dir, monkeypatch):
+    rel = "text/the-verdict.txt"
+    monkeypatch.setenv("LLMSCRATCH_DATA", str(isolated / "empty"))
+    cache = data.cache_dir() / rel
+    cache.parent.mkdir(parents=True)
+    cache.write_bytes((data_dir / rel).read_bytes())
+    assert data.fetch(rel) == cache
+
+
+def test_missing_explicit_path_is_an_error(isolated):
+    with pytest.raises(DataNotFoundError, match="does not exist"):
+        data.fetch("text/the-verdict.txt", path=isolated / "nope.txt")
+
+
+def test_unknown_file_lists_known_ones():
+    with pytest.raises(KeyError, match="known files: gpt2/encoder.json"):
+        data.fetch("imdb/imdb_dev.csv.gz")
+
+
+# --- corrupted files are rejected --------------------------------------------------------------------------------
+
+
+def test_corrupted_file_is_rejected_with_the_fix(isolated, data_dir, monkeypatch):
+    rel = "text/the-verdict.txt"
+    home = isolated / "home"
+    (home / "text").mkdir(parents=True)
+    bad = bytearray((data_dir / rel).read_bytes())
+    bad[100] ^= 0xFF
+    (home / rel).write_bytes(bytes(bad))
+    monkeypatch.setenv("LLMSCRATCH_DATA", str(home))
+    with pytest.raises(ChecksumError, match="delete it and run again"):
+        data.load_the_verdict()
+
+
+def test_truncated_gzip_is_rejected(isolated, data_dir):
+    p = isolated / "imdb_test.csv.gz"
+    p.write_bytes((data_dir / "imdb/imdb_test.csv.gz").read_bytes()[:5000])
+    with pytest.raises(ChecksumError):
+        data.verify(p, "imdb/imdb_test.csv.gz")
+
+
+def test_fixed_file_is_accepted_after_a_rejection(isolated, data_dir):
+    # verification is cached by (path, size, mtime): a replaced file must be checked again
+    rel = "text/the-verdict.txt"
+    p = isolated / "v.txt"
+    p.write_bytes(b"not the story")
+    with pytest.raises(ChecksumError):
+        data.verify(p, rel)
+    p.write_bytes((data_dir / rel).read_bytes())
+    assert data.verify(p, rel) == p
+
+
+# --- downloads (a local server; never the internet) --------------------------------------------------------------
+
+
+def test_download_verifies_and_caches(isolated, server, monkeypatch):
+    root, base, log = server
+    payload = b"hello course\n" * 100
+    (root / "f.txt").write_bytes(payload)
+    entry = _entry("text/f.txt", payload, base + "f.txt")
+    monkeypatch.setitem(data.REGISTRY, "text/f.txt", entry)
+    path = data.fetch("text/f.txt")
+    assert path == data.cache_dir() / "text/f.txt" and path.read_bytes() == payload
+    assert data.fetch("text/f.txt") == path and len(log) == 1  # second call: from the cache, no request
+    assert not list(path.parent.glob(".*part")), "temporary file left behind"
+
+
+def test_download_with_wrong_checksum_caches_nothing(isolated, server, monkeypatch):
+    root, base, _ = server
+    (root / "f.txt").write_bytes(b"tampered")
+    entry = DataFile("text/f.txt", "0" * 64, urls=(base + "f.txt",))
+    monkeypatch.setitem(data.REGISTRY, "text/f.txt", entry)
+    with pytest.raises(ChecksumError, match="nothing was cached"):
+        data.fetch("text/f.txt")
+    folder = data.cache_dir() / "text"
+    assert not folder.exists() or not any(folder.iterdir()), list(folder.iterdir())
+
+
+def test_download_falls_back_to_the_next_mirror(isolated, server, monkeypatch):
+    root, base, log = server
+    payload = b"mirror two"
+    (root / "b.txt").write_bytes(payload)
+    entry = DataFile("text/m.txt", hashlib.sha256(payload).hexdigest(), urls=(base + "missing.txt", base + "b.txt"))
+    monkeypatch.setitem(data.REGISTRY, "text/m.txt", entry)
+    monkeypatch.setattr(data.time, "sleep", lambda s: None)
+    assert data.fetch("text/m.txt").read_bytes() == payload
+
+
+def test_unreachable_download_names_the_offline_fix(isolated, monkeypatch):
+    entry = DataFile("text/x.txt", "0" * 64, urls=("http://127.0.0.1:9/x.txt",))  # port 9: nothing listens
+    monkeypatch.setitem(data.REGISTRY, "text/x.txt", entry)
+    monkeypatch.setattr(data.time, "sleep", lambda s: None)
+    with pytest.raises(DataNotFoundError, match="set \\$LLMSCRATCH_DATA"):
+        data.fetch("text/x.txt")
+
+
+def test_imdb_is_built_from_the_official_archive_layout(isolated, server, monkeypatch):
+    """The IMDB builder on a tiny archive with the official layout: labels, order and CSV form."""
+    root, base, _ = server
+    reviews = {
+        "aclImdb/train/pos/3_9.txt": 'Great, "really" great.<br /><br />Yes',
+        "aclImdb/train/pos/1_7.txt": "Good film",
+        "aclImdb/train/neg/2_1.txt": "Bad\nfilm",
+        "aclImdb/train/unsup/0_0.txt": "Unlabeled one",
+        "aclImdb/test/pos/0_10.txt": "Test positive",
+        "aclImdb/README": "not a review",
+    }
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, text in reviews.items():
+            blob = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    archive = buf.getvalue()
+    (root / "aclImdb_v1.tar.gz").write_bytes(archive)
+    monkeypatch.setitem(
+        data.ARCHIVES, "aclImdb",
+        data.Archive("aclImdb_v1.tar.gz", (base + "aclImdb_v1.tar.gz",), hashlib.sha256(archive).hexdigest()),
+    )
+    built = data._build_imdb("train")
+    data._download((base + "aclImdb_v1.tar.gz",), isolated / "a.tgz", hashlib.sha256(archive).hexdigest())
+    csv_text = gzip.decompress(built(isolated / "a.tgz")).decode()
+    assert csv_text.startswith("text,label\r\n")
+    import pandas as pd
+
+    df = pd.read_csv(io.StringIO(csv_text))
+    assert sorted(df.label.tolist()) == [0, 1, 1]
+    assert set(df.text) == {'Great, "really" great.<br /><br />Yes', "Good film", "Bad\nfilm"}
+    unsup = pd.read_csv(io.StringIO(data.imdb_csv_from_archive(isolated / "a.tgz", "unsup").decode()))
+    assert unsup.label.tolist() == [-1] and unsup.text.tolist() == ["Unlabeled one"]
+    # and fetch() builds, verifies (content hash) and caches it atomically
+    entry = DataFile("imdb/imdb_train.csv.gz", "0" * 64, archive="aclImdb", build=built,
+                     content_sha256=hashlib.sha256(csv_text.encode()).hexdigest())
+    monkeypatch.setitem(data.REGISTRY, "imdb/imdb_train.csv.gz", entry)
+    out = data.fetch("imdb/imdb_train.csv.gz")
+    assert out == data.cache_dir() / "imdb/imdb_train.csv.gz"
+    assert data.load_imdb("train").shape == (3, 2)
+
+
+def test_imdb_conversion_matches_the_shared_processing(data_dir):
+    """The shared CSV was made by the same rule the builder applies: sort by (label, id), shuffle with seed 0."""
+    df = data.load_imdb("test")
+    assert df.shape == (25_000, 2) and df.label.value_counts().to_dict() == {1: 12_500, 0: 12_500}
+    assert data.load_imdb("unsup", limit=10).label.eq(-1).all()
+
+
+# --- loaders ---------------------------------------------------------------------------------------------------
+
+
+def test_load_the_verdict(data_dir):
+    text = data.load_the_verdict()
+    assert len(text) == 20_479 and text.startswith("I HAD always thought Jack Gisburn")
+
+
+def test_load_imdb(data_dir):
+    df = data.load_imdb("train", limit=100)
+    assert list(df.columns) == ["text", "label"] and len(df) == 100
+    assert df.text.map(type).eq(str).all() and set(df.label) <= {0, 1}
+    with pytest.raises(ValueError, match="'train', 'test' or 'unsup'"):
+        data.load_imdb("dev")
+
+
+def test_load_mnist(data_dir):
+    x, y = data.load_mnist("test")
+    assert x.shape == (10_000, 28, 28) and x.dtype == torch.uint8
+    assert y.shape == (10_000,) and y.dtype == torch.uint8
+    assert torch.bincount(y.long()).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    with np.load(data_dir / "mnist/mnist.npz") as npz:  # the IDX reader agrees with the npz copy
+        assert np.array_equal(npz["x_test"], x.numpy()) and np.array_equal(npz["y_test"], y.numpy())
+    with pytest.raises(ValueError, match="'train' or 'test'"):
+        data.load_mnist("val")
+
+
+def test_mnist_npz_builder_reproduces_the_content(data_dir, isolated, monkeypatch):
+    monkeypatch.setenv("LLMSCRATCH_DATA", str(data_dir))
+    blob = data._build_mnist_npz(None)
+    p = isolated / "mnist.npz"
+    p.write_bytes(blob)
+    assert data.content_sha256(p) == data.REGISTRY["mnist/mnist.npz"].content_sha256
+
+
+def test_read_idx_rejects_garbage(tmp_path):
+    p = tmp_path / "x.idx"
+    p.write_bytes(b"\x01\x02\x03\x04")
+    with pytest.raises(ValueError, match="not an IDX file"):
+        data.read_idx(p)
+    p.write_bytes(b"\x00\x00\x08\x01" + (10).to_bytes(4, "big") + b"\x00" * 5)
+    with pytest.raises(ValueError, match="truncated"):
+        data.read_idx(p)
+
+
+def test_load_sms_spam(data_dir):
+    df = data.load_sms_spam()
+    assert df.shape == (5_574, 2) and df.label.value_counts().to_dict() == {"ham": 4_827, "spam": 747}
