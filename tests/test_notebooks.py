@@ -6,11 +6,15 @@ How each kind is judged:
   *only at its stubs*: every cell that raised must have raised ``NotImplementedError``, and only in a cell that
   holds a released stub or in a graded check cell; and every graded check cell must fail (an unsolved exercise
   that passes its checks is a check that cannot fail).
+- stored outputs: cells tagged ``nbval-check-output`` hold outputs that do not depend on the machine or on
+  SMOKE; nbval (``--nbval-lax``) re-runs such notebooks in SMOKE mode and compares those cells' outputs with the
+  committed ones, after the substitutions of ``tests/nbval_sanitize.cfg``.
 """
 
 from __future__ import annotations
 
-import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -68,3 +72,25 @@ def test_exercise_fails_only_at_its_stubs(path, tmp_path):
                 bad.append(f"cell {i}: {err['ename']}: {err['evalue'][:200]}")
     assert not bad, f"{_id(path)} fails outside its stubs:\n  " + "\n  ".join(bad)
     assert not graded_passed, f"{_id(path)}: graded cells {graded_passed} pass although the exercise is unsolved"
+
+
+CHECKED_OUTPUTS = [p for p in RUNNABLE if any("nbval-check-output" in c.get("metadata", {}).get("tags", [])
+                                              for c in read_notebook(p).cells)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", CHECKED_OUTPUTS, ids=_id)
+def test_stored_outputs_match_with_nbval(path, tmp_path):
+    import nbformat
+
+    nb = read_notebook(path)
+    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    params.source += "\nSMOKE = True  # injected by tests/test_notebooks.py\n"
+    copy = tmp_path / path.name
+    nbformat.write(nb, copy)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist", "-q", "--nbval-lax",
+         "--nbval-current-env", "--sanitize-with", str(REPO / "tests" / "nbval_sanitize.cfg"), str(copy)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=900,
+    )
+    assert proc.returncode == 0, f"stored outputs of {_id(path)} differ from a fresh run:\n{proc.stdout[-4000:]}"
