@@ -9,6 +9,5 @@ bash scripts/setup_env.sh
 if [ -z "${LLMSCRATCH_DATA:-}" ] && [ -d ../shared/data ]; then
   export LLMSCRATCH_DATA="$(cd ../shared/data && pwd)"
 fi
-export MPLBACKEND=Agg
 # Two workers for two cores; a file's tests stay on one worker (the book is built once per session).
 exec .venv/bin/python -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadfile "$@"

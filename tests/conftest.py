@@ -18,7 +18,8 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 if not os.environ.get("LLMSCRATCH_DATA") and SHARED_DATA.is_dir():
     os.environ["LLMSCRATCH_DATA"] = str(SHARED_DATA)
 os.environ.setdefault("LLMSCRATCH_OFFLINE", "1")
-# Notebooks started by the tests must not open windows or fight over the two cores.
+# Tests that plot in this process must not need a display (kernels started by papermill use the inline backend:
+# llmscratch.notebooks.execute removes MPLBACKEND from their environment).
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 

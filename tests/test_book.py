@@ -55,6 +55,10 @@ def test_book_notebooks_are_committed_with_full_run_outputs(path):
     assert not params.get("SMOKE", False), f"{path.name} was committed from a SMOKE run; commit a full run"
     errors = [i for i, c in enumerate(code) for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors, f"{path.name}: cells {errors} hold errors"
+    # a cell that shows a figure must have saved one (MPLBACKEND=Agg in the kernel's environment loses them)
+    blank = [c.id for c in code if "plt.show()" in c.source
+             and not any("image/png" in o.get("data", {}) for o in c.get("outputs", []))]
+    assert not blank, f"{path.name}: cells {blank} call plt.show() but saved no figure; re-run without MPLBACKEND=Agg"
 
 
 # --- the build ---------------------------------------------------------------------------------------------------

@@ -149,16 +149,33 @@ def execute(
     ``papermill.PapermillExecutionError`` naming the cell; with ``True`` every cell runs and errors stay in the
     outputs (exercise notebooks are run that way: their stubs must raise).
     """
+    import os
+
+    import nbformat
     import papermill as pm
 
-    return pm.execute_notebook(
-        str(path),
-        str(output_path),
-        parameters=parameters or {},
-        cwd=str(cwd) if cwd else None,
-        kernel_name=kernel_name,
-        progress_bar=False,
-        execution_timeout=timeout,
-        request_save_on_cell_execute=False,
-        **({"allow_errors": True} if allow_errors else {}),
-    )
+    # A kernel inherits the environment; with MPLBACKEND=Agg (common on headless machines) matplotlib's inline
+    # backend is bypassed and plt.show() records no figure, so notebooks would be saved without their plots.
+    saved_backend = os.environ.pop("MPLBACKEND", None)
+    try:
+        return pm.execute_notebook(
+            str(path),
+            str(output_path),
+            parameters=parameters or {},
+            cwd=str(cwd) if cwd else None,
+            kernel_name=kernel_name,
+            progress_bar=False,
+            execution_timeout=timeout,
+            request_save_on_cell_execute=False,
+            **({"allow_errors": True} if allow_errors else {}),
+        )
+    except pm.PapermillExecutionError:
+        if not allow_errors:
+            raise
+        # papermill raises after the run even when errors were allowed; the executed notebook is complete.
+        nb = nbformat.read(str(output_path), as_version=4)
+        nb.cells = [c for c in nb.cells if "papermill-error-cell-tag" not in c.get("metadata", {}).get("tags", [])]
+        return nb
+    finally:
+        if saved_backend is not None:
+            os.environ["MPLBACKEND"] = saved_backend
