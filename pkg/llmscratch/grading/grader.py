@@ -515,7 +515,12 @@ def _check_writable(out: Path) -> None:
         raise GradingError(f"cannot write the gradebook in {parent}: {err.strerror or err}") from err
 
 
-def _write_gradebook(rows: list[dict], summary_rows: list[dict], out: Path):
+def _write_gradebook(rows: list[dict], summary_rows: list[dict], out: Path, weak: set[str] = frozenset()):
+    """Merge with the gradebook already at ``out`` and write both files atomically.
+
+    Rows of students graded now replace their old rows; ``weak`` students (roster students with no submission
+    in this run) get their ``missing`` rows only if the gradebook has nothing for them yet.
+    """
     import pandas as pd
 
     new = pd.DataFrame(rows, columns=_COLUMNS)
@@ -535,6 +540,11 @@ def _write_gradebook(rows: list[dict], summary_rows: list[dict], out: Path):
             old_sum = pd.read_csv(spath, dtype={"student": str, "lab": str, "flags": str}, keep_default_na=False)
         except (ValueError, OSError):
             old_sum = None
+    if old is not None and weak:
+        have = set(zip(old["lab"].astype(str), old["student"].astype(str)))
+        drop_new = lambda df: df[[(lab, st) not in have or st not in weak  # noqa: E731
+                                  for lab, st in zip(df["lab"], df["student"])]]
+        new, new_sum = drop_new(new), drop_new(new_sum)
     keys = set(zip(new["lab"], new["student"]))
 
     def merged(old_df, new_df, columns, sort):
@@ -687,7 +697,8 @@ def grade(lab: str | Path, submissions: list[str | Path], out: str | Path, roste
                                  "max_points": sum(exercises.values()), "percent": 0.0, "exercises_passed": 0,
                                  "exercises": len(exercises), "status": "missing", "flags": "", "seconds": 0.0,
                                  "submission": ""})
-    book, summ = _write_gradebook(rows, summary_rows, out)
+    missing = set(roster_map.values()) - {s.student for s in subs} if roster_map else set()
+    book, summ = _write_gradebook(rows, summary_rows, out, weak=missing)
     if subs:
         log(f"graded {len(subs)} submission(s) in {elapsed:.1f} s ({elapsed / len(subs):.2f} s per submission, "
             f"{jobs} job(s)); gradebook: {out}, summary: {summary_path(out)}")
