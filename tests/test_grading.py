@@ -299,7 +299,6 @@ def test_total_timeout_kills_a_kernel_that_ignores_interrupts(tmp_path):
         "while True:\n    pass\n"))
     sub = tmp_path / "stuck.ipynb"
     sub.write_text(json.dumps(nb))
-    start = time.monotonic()
     book, summary = grade(LAB, [sub], tmp_path / "gb.csv", cell_timeout=5, total_timeout=30, log=lambda *_: None)
     rows = book.set_index("exercise")
     for ex in ALL:
