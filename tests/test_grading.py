@@ -235,12 +235,16 @@ def test_merge_restores_checks_and_reinserts_deleted_ones():
     nb["cells"] = [c for c in nb["cells"] if c.get("id") not in ("ex01-check-shape", "ex07-check")]
     _cell(nb, "ex05-solution")["metadata"]["tags"] = ["graded"]  # a student cell cannot make itself graded
     _cell(nb, "ex05-solution")["metadata"]["points"] = 99
+    nb["cells"] += [17, "text", {"cell_type": "code", "source": 42}, {"cell_type": "code", "id": "setup"},
+                    {"cell_type": "code", "id": "ex02-check", "source": "pass", "metadata": {}}]
     merged = merge_submission(lab, nb, "/nonexistent/secret")
     ids = [c["id"] for c in merged["cells"]]
+    assert len(ids) == len(set(ids))  # a duplicated check is dropped, odd cells are skipped
     assert ids[:3] == ["setup", "parameters", "llmscratch-grader-guard"]
     assert "N_SAMPLES = 2048" in merged["cells"][1]["source"]
     assert ids.index("ex01-check-shape") == ids.index("ex01-try") + 1
     assert ids.index("ex07-check") == ids.index("ex07-solution") + 1
+    assert ids.index("ex02-check") == ids.index("ex02-solution") + 1  # the later duplicate was dropped
     graded = [c["id"] for c in merged["cells"] if "graded" in c["metadata"]["tags"]]
     assert graded == [g["id"] for g in lab.graded]
     assert _cell(merged, "ex05-solution")["metadata"] == {"tags": []}

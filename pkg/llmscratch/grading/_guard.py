@@ -28,7 +28,7 @@ _MODULES = (
     "torch", "torch.testing", "torch.testing._comparison", "torch.nn", "torch.nn.functional",
     "torch.nn.modules.module", "torch.nn.modules.linear", "torch.nn.modules.activation", "torch.optim",
     "torch.optim.sgd", "torch.optim.optimizer", "torch.autograd", "torch.utils", "torch.utils.data",
-    "torch.utils.data.dataloader", "torch.utils.data.dataset", "numpy", "numpy.testing",
+    "torch.utils.data.dataloader", "torch.utils.data.dataset", "numpy",
     "llmscratch", "llmscratch.grading", "llmscratch.grading.checks",
 )
 _SHELL_NAMES = (
