@@ -46,8 +46,9 @@ from pathlib import Path
 from typing import Any
 
 from ._guard import token  # the HMAC pass token the in-kernel guard prints
+from .gradebook import GradingError, check_writable, summary_path, write_gradebook
 
-__all__ = ["GradingError", "Lab", "load_lab", "student_from_filename", "read_roster", "merge_submission",
+__all__ = ["GradingError", "summary_path", "Lab", "load_lab", "student_from_filename", "read_roster", "merge_submission",
            "suspicious_code", "grade", "add_cli", "STATUSES"]
 
 STATUSES = ("passed", "failed", "error", "timeout", "missing")
@@ -55,10 +56,6 @@ HERE = Path(__file__).resolve().parent
 GUARD_ID = "llmscratch-grader-guard"
 _PROTECTED_TAGS = ("setup", "parameters")
 _DROP_TAGS = ("injected-parameters", "papermill-error-cell-tag")
-
-
-class GradingError(RuntimeError):
-    """The grader itself cannot work (bad lab, unwritable output, bad roster); the message names the fix."""
 
 
 # ----------------------------------------------------------------------------------------------------------- lab
@@ -474,99 +471,6 @@ def judge_with_nbval(facts: dict[str, dict], lab: Lab, workdir: Path, timeout: f
     return {pair: outcome.get(i + 1, ("error", "no verdict from the judge")) for i, pair in enumerate(pairs)}
 
 
-# ---------------------------------------------------------------------------------------------------- gradebook
-_COLUMNS = ["lab", "student", "exercise", "points", "max_points", "status", "reason", "submission"]
-_SUMMARY_COLUMNS = ["lab", "student", "points", "max_points", "percent", "exercises_passed", "exercises",
-                    "status", "flags", "seconds", "submission"]
-
-
-def summary_path(out: str | Path) -> Path:
-    out = Path(out)
-    return out.with_name(f"{out.stem}_summary{out.suffix or '.csv'}")
-
-
-def _atomic_write_csv(df, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            df.to_csv(f, index=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def _check_writable(out: Path) -> None:
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise GradingError(f"cannot write the gradebook: folder {parent} does not exist")
-    if out.exists() and out.is_dir():
-        raise GradingError(f"cannot write the gradebook: {out} is a folder")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".llmscratch-write-test.", dir=parent)
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as err:
-        raise GradingError(f"cannot write the gradebook in {parent}: {err.strerror or err}") from err
-
-
-def _write_gradebook(rows: list[dict], summary_rows: list[dict], out: Path, weak: set[str] = frozenset()):
-    """Merge with the gradebook already at ``out`` and write both files atomically.
-
-    Rows of students graded now replace their old rows; ``weak`` students (roster students with no submission
-    in this run) get their ``missing`` rows only if the gradebook has nothing for them yet.
-    """
-    import pandas as pd
-
-    new = pd.DataFrame(rows, columns=_COLUMNS)
-    new_sum = pd.DataFrame(summary_rows, columns=_SUMMARY_COLUMNS)
-    old, old_sum = None, None
-    if out.exists():
-        try:
-            old = pd.read_csv(out, dtype={"student": str, "lab": str}, keep_default_na=False)
-            if not set(_COLUMNS) <= set(old.columns):
-                raise GradingError(f"{out} exists but is not a gradebook (columns {list(old.columns)}); "
-                                   "choose another --out")
-        except (ValueError, OSError) as err:
-            raise GradingError(f"{out} exists but cannot be read as a gradebook ({err}); choose another --out") from err
-    spath = summary_path(out)
-    if spath.exists():
-        try:
-            old_sum = pd.read_csv(spath, dtype={"student": str, "lab": str, "flags": str}, keep_default_na=False)
-        except (ValueError, OSError):
-            old_sum = None
-    if old is not None and weak:
-        have = set(zip(old["lab"].astype(str), old["student"].astype(str)))
-        drop_new = lambda df: df[[(lab, st) not in have or st not in weak  # noqa: E731
-                                  for lab, st in zip(df["lab"], df["student"])]]
-        new, new_sum = drop_new(new), drop_new(new_sum)
-    keys = set(zip(new["lab"], new["student"]))
-
-    def merged(old_df, new_df, columns, sort):
-        if old_df is not None and len(old_df):
-            mask = [(lab, st) not in keys for lab, st in zip(old_df["lab"].astype(str), old_df["student"].astype(str))]
-            old_df = old_df.loc[mask, [c for c in columns if c in old_df.columns]]
-            frames = [f for f in (old_df, new_df) if len(f)]
-            new_df = pd.concat(frames, ignore_index=True) if frames else new_df
-        return new_df.sort_values(sort, kind="stable").reset_index(drop=True)[columns]
-
-    order = {}
-    for r in rows:
-        order.setdefault(r["exercise"], len(order))
-    book = merged(old, new, _COLUMNS, ["lab", "student"])
-    book = book.assign(_o=book["exercise"].map(lambda e: order.get(e, 10**6))).sort_values(
-        ["lab", "student", "_o", "exercise"], kind="stable").drop(columns="_o").reset_index(drop=True)
-    summ = merged(old_sum, new_sum, _SUMMARY_COLUMNS, ["lab", "student"])
-    _atomic_write_csv(book, out)
-    _atomic_write_csv(summ, spath)
-    return book, summ
-
-
 # --------------------------------------------------------------------------------------------------- grade()
 @dataclass
 class _Sub:
@@ -602,11 +506,13 @@ def grade(lab: str | Path, submissions: list[str | Path], out: str | Path, roste
     """
     lab_obj = load_lab(lab)
     out = Path(out)
-    _check_writable(out)
+    check_writable(out)
     if jobs < 1 or cell_timeout <= 0 or total_timeout <= 0 or memory_mb < 256:
         raise GradingError("need --jobs >= 1, positive time limits and --memory-mb >= 256")
     roster_map = read_roster(roster) if roster else None
     paths = [Path(p) for p in submissions]
+    if not paths and not roster_map:
+        raise GradingError("no submissions given: pass the .ipynb files to grade (and/or a --roster)")
     subs, warnings = _assign_students(paths, roster_map)
     for w in warnings:
         log(f"warning: {w}")
@@ -636,7 +542,7 @@ def grade(lab: str | Path, submissions: list[str | Path], out: str | Path, roste
                 exec_nb = merge_submission(lab_obj, nb, str(secret_path))
             except Exception as err:  # a notebook so odd that merging fails is the submission's problem
                 return s.key, {"invalid": f"not a valid notebook: {type(err).__name__}: {err}", "cells": {}}
-            target = keep_dir / f"{s.student}.ipynb" if keep_dir else None
+            target = keep_dir / (re.sub(r"[^A-Za-z0-9._-]", "_", s.student) + ".ipynb") if keep_dir else None
             return s.key, run_submission(exec_nb, tokens, work, limits, keep=target)
 
         start = time.monotonic()
@@ -698,7 +604,7 @@ def grade(lab: str | Path, submissions: list[str | Path], out: str | Path, roste
                                  "exercises": len(exercises), "status": "missing", "flags": "", "seconds": 0.0,
                                  "submission": ""})
     missing = set(roster_map.values()) - {s.student for s in subs} if roster_map else set()
-    book, summ = _write_gradebook(rows, summary_rows, out, weak=missing)
+    book, summ = write_gradebook(rows, summary_rows, out, weak=missing)
     if subs:
         log(f"graded {len(subs)} submission(s) in {elapsed:.1f} s ({elapsed / len(subs):.2f} s per submission, "
             f"{jobs} job(s)); gradebook: {out}, summary: {summary_path(out)}")
