@@ -332,9 +332,8 @@ def _kernel_env(workdir: Path) -> dict:
         "IPYTHONDIR": str(workdir / ".ipython"),
         "JUPYTER_RUNTIME_DIR": str(workdir / ".jupyter"),
     })
-    for key in list(env):
-        if key.startswith("LLMSCRATCH_GRADE"):
-            del env[key]
+    for key in ("PWD", "OLDPWD"):  # do not tell student code where the instructor's checkout (and solutions/) is
+        env.pop(key, None)
     return env
 
 
