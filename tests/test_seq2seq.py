@@ -97,18 +97,19 @@ def test_config_and_input_errors():
 
 @pytest.mark.parametrize("attention", [True, False])
 def test_learns_a_tiny_reversal_task(attention):
-    # Short sequences over 4 symbols: 150 Adam steps take the loss from about ln(7) = 1.95 to well under half.
+    # 64 sequences of length 1-3 over 4 symbols: 30 full-batch Adam steps take the loss from about ln(7) = 1.95
+    # to under a tenth of its start, and greedy decoding then reverses most training sequences.
     torch.manual_seed(0)
-    model = Seq2Seq(Seq2SeqConfig(7, 7, d_emb=16, d_hidden=32, d_attn=32, attention=attention))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    src, tgt = collate_pairs(reversal_pairs(256, 1, 4, n_symbols=4, seed=0))
+    model = Seq2Seq(Seq2SeqConfig(7, 7, d_emb=8, d_hidden=24, d_attn=24, attention=attention))
+    opt = torch.optim.Adam(model.parameters(), lr=2e-2)
+    src, tgt = collate_pairs(reversal_pairs(64, 1, 3, n_symbols=4, seed=0))
     first = model.loss(src, tgt).item()
-    for _ in range(150):
+    for _ in range(30):
         loss = model.loss(src, tgt)
         opt.zero_grad()
         loss.backward()
         opt.step()
     last = model.loss(src, tgt).item()
-    assert last < 0.3 * first, f"loss went from {first:.3f} to {last:.3f}"
-    pred, _ = model.eval().greedy_decode(src, max_len=6)
+    assert last < 0.1 * first, f"loss went from {first:.3f} to {last:.3f}"
+    pred, _ = model.eval().greedy_decode(src, max_len=5)
     assert exact_match(pred, tgt).float().mean() > 0.8
