@@ -539,3 +539,100 @@ def load_sms_spam(path: str | Path | None = None):
     return pd.read_csv(
         file, sep="\t", header=None, names=["label", "text"], quoting=csv.QUOTE_NONE, dtype=str, keep_default_na=False
     )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Chapter 1: sliding-window sampling for next-token prediction
+# --------------------------------------------------------------------------------------------------------------
+
+__all__ += ["sliding_windows", "GPTDataset", "create_dataloader"]
+
+
+def sliding_windows(ids, max_length: int, stride: int):
+    """Input/target windows over a 1-D sequence of token ids, for next-token prediction.
+
+    Window ``k`` starts at ``k * stride``: ``inputs[k] = ids[s : s + max_length]`` and
+    ``targets[k] = ids[s + 1 : s + max_length + 1]`` (the same window shifted by one token). Windows overlap
+    when ``stride < max_length`` and skip tokens when ``stride > max_length``. Returns two ``(n_windows,
+    max_length)`` int64 tensors; ``n_windows = (len(ids) - max_length - 1) // stride + 1``.
+    """
+    import torch
+
+    ids = torch.as_tensor(ids, dtype=torch.long)
+    if ids.dim() != 1:
+        raise ValueError(f"ids must be a 1-D sequence of token ids, got shape {tuple(ids.shape)}")
+    for name, value in (("max_length", max_length), ("stride", stride)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if len(ids) < max_length + 1:
+        raise ValueError(
+            f"the text has {len(ids)} tokens, fewer than one window needs (max_length + 1 = {max_length + 1}): "
+            "use a longer text or a smaller max_length"
+        )
+    # unfold = the window loop without the loop: a view whose rows start 0, stride, 2*stride, ...
+    windows = ids.unfold(0, max_length + 1, stride)  # (n_windows, max_length + 1)
+    return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
+
+
+def _encode_for_dataset(text: str, tokenizer):
+    if tokenizer is None:
+        from .tokenizers import gpt2_tokenizer
+
+        tokenizer = gpt2_tokenizer()
+    try:  # tiktoken and BPETokenizer: "<|endoftext|>" in a corpus marks a document boundary, so keep it as its id
+        return tokenizer.encode(text, allowed_special="all")
+    except TypeError:  # tokenizers without special-token options (WordTokenizer)
+        return tokenizer.encode(text)
+
+
+from torch.utils.data import Dataset as _TorchDataset  # noqa: E402  (torch is imported by the package anyway)
+
+
+class GPTDataset(_TorchDataset):
+    """Sliding-window input/target pairs over one text (or a list of token ids), as a PyTorch ``Dataset``.
+
+    ``GPTDataset(text, tokenizer, max_length=256, stride=128)``; ``tokenizer`` defaults to GPT-2's (tiktoken)
+    and needs an ``encode`` method. ``dataset[k]`` is ``(inputs, targets)``, two ``(max_length,)`` tensors.
+    """
+
+    def __init__(self, text_or_ids, tokenizer=None, max_length: int = 256, stride: int = 128):
+        if isinstance(text_or_ids, str):
+            ids = _encode_for_dataset(text_or_ids, tokenizer)
+        else:
+            ids = text_or_ids
+        self.input_ids, self.target_ids = sliding_windows(ids, max_length, stride)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def __getitem__(self, idx):
+        return self.input_ids[idx], self.target_ids[idx]
+
+
+def create_dataloader(
+    text_or_ids,
+    tokenizer=None,
+    batch_size: int = 4,
+    max_length: int = 256,
+    stride: int = 128,
+    shuffle: bool = True,
+    drop_last: bool = True,
+    num_workers: int = 0,
+    generator=None,
+):
+    """A ``DataLoader`` over :class:`GPTDataset`: batches of ``(inputs, targets)``, each ``(batch_size, max_length)``.
+
+    ``drop_last=True`` drops a last short batch (a much smaller batch gives a noisy loss spike in training).
+    """
+    from torch.utils.data import DataLoader
+
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    dataset = GPTDataset(text_or_ids, tokenizer, max_length=max_length, stride=stride)
+    if drop_last and len(dataset) < batch_size:
+        raise ValueError(
+            f"only {len(dataset)} windows for batch_size={batch_size} with drop_last=True, so no batch at all: "
+            "use a smaller batch_size or stride, or drop_last=False"
+        )
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+                      num_workers=num_workers, generator=generator)

@@ -51,3 +51,414 @@ def gpt2_tokenizer(path: str | Path | None = None):
     encoder_json = fetch("gpt2/encoder.json", path)
     vocab_bpe = fetch("gpt2/vocab.bpe", path)
     return _gpt2_encoding(str(encoder_json), str(vocab_bpe))
+
+
+# ==============================================================================================================
+# Chapter 1: tokenizers built by hand
+# ==============================================================================================================
+
+import heapq  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+from collections import Counter, defaultdict  # noqa: E402
+from typing import Iterable  # noqa: E402
+
+__all__ += [
+    "UNK",
+    "WORD_SPLIT_PATTERN",
+    "WordTokenizer",
+    "bytes_to_unicode",
+    "pair_counts",
+    "merge_pair",
+    "BPETokenizer",
+]
+
+UNK = "<|unk|>"
+# Raschka's splitter: punctuation, double dashes and whitespace are separate pieces (kept by the capture group).
+WORD_SPLIT_PATTERN = r'([,.:;?_!"()\']|--|\s)'
+
+
+class WordTokenizer:
+    """A word-level tokenizer: a fixed vocabulary of words and punctuation, with ``<|unk|>`` for the rest.
+
+    ``WordTokenizer.from_text(text)`` builds the vocabulary from a corpus (sorted unique pieces, then the special
+    tokens at the end). ``encode`` maps words outside the vocabulary to ``<|unk|>`` when the vocabulary has it
+    (and raises otherwise); ``<|endoftext|>`` in the text is kept as one token. ``decode`` joins with spaces and
+    removes the space before punctuation, so ``decode(encode(text))`` equals ``text`` up to whitespace for text
+    whose words are all known.
+    """
+
+    def __init__(self, vocab: dict[str, int]):
+        if not isinstance(vocab, dict) or not vocab:
+            raise ValueError("vocab must be a non-empty dict {token: id}; build one with WordTokenizer.from_text(text)")
+        ids = list(vocab.values())
+        if len(set(ids)) != len(ids):
+            raise ValueError("vocab maps two tokens to the same id; ids must be unique")
+        self.str_to_int = dict(vocab)
+        self.int_to_str = {i: s for s, i in vocab.items()}
+        specials = [t for t in self.str_to_int if t.startswith("<|") and t.endswith("|>")]
+        self._special_re = re.compile("(" + "|".join(map(re.escape, specials)) + ")") if specials else None
+
+    @classmethod
+    def from_text(cls, text: str, special_tokens: Iterable[str] = (GPT2_EOT, UNK)) -> "WordTokenizer":
+        """Vocabulary = the sorted unique pieces of ``text`` (see :meth:`split`), then ``special_tokens``."""
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("from_text needs a non-empty string to build the vocabulary from")
+        words = sorted(set(cls.split(text)))
+        words += [t for t in special_tokens if t not in words]
+        return cls({w: i for i, w in enumerate(words)})
+
+    @staticmethod
+    def split(text: str) -> list[str]:
+        """Split into words and punctuation, dropping whitespace: ``"Hello, world."`` -> ``['Hello', ',', 'world', '.']``."""
+        return [piece for piece in re.split(WORD_SPLIT_PATTERN, text) if piece.strip()]
+
+    def __len__(self) -> int:
+        return len(self.str_to_int)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.str_to_int)
+
+    def encode(self, text: str) -> list[int]:
+        if not isinstance(text, str):
+            raise TypeError(f"encode takes a string, got {type(text).__name__}")
+        pieces = []
+        # Special tokens first, so "<|endoftext|>" is not cut into "<", "|", ... by the word splitter.
+        for part in self._special_re.split(text) if self._special_re else [text]:
+            if part in self.str_to_int and part.startswith("<|"):
+                pieces.append(part)
+            else:
+                pieces += self.split(part)
+        unk = self.str_to_int.get(UNK)
+        ids = []
+        for p in pieces:
+            i = self.str_to_int.get(p, unk)
+            if i is None:
+                raise KeyError(
+                    f"{p!r} is not in the vocabulary and the vocabulary has no {UNK!r} token; "
+                    f"build it with WordTokenizer.from_text(text, special_tokens=({GPT2_EOT!r}, {UNK!r}))"
+                )
+            ids.append(i)
+        return ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        try:
+            text = " ".join(self.int_to_str[int(i)] for i in ids)
+        except KeyError as err:
+            raise KeyError(f"id {err.args[0]} is not in the vocabulary (size {len(self)})") from None
+        # No space before punctuation (the splitter made it a separate piece).
+        return re.sub(r'\s+([,.:;?_!"()\'])', r"\1", text)
+
+
+@functools.lru_cache(maxsize=1)
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's map from the 256 byte values to printable unicode characters (OpenAI's ``encoder.py``).
+
+    Printable Latin-1 bytes map to themselves; the others (control bytes, space, ...) to characters from 256 up,
+    so that every token of ``encoder.json`` and ``vocab.bpe`` is a visible string: a space is ``'Ġ'``.
+    """
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def pair_counts(ids: list[int] | tuple[int, ...], counts: dict | None = None, weight: int = 1) -> dict[tuple[int, int], int]:
+    """Count adjacent pairs: ``[1, 2, 1, 2]`` -> ``{(1, 2): 2, (2, 1): 1}``. Adds into ``counts`` when given."""
+    counts = {} if counts is None else counts
+    for pair in zip(ids, ids[1:]):
+        counts[pair] = counts.get(pair, 0) + weight
+    return counts
+
+
+def merge_pair(ids: list[int] | tuple[int, ...], pair: tuple[int, int], new_id: int) -> list[int]:
+    """Replace every occurrence of ``pair`` in ``ids`` by ``new_id``, scanning left to right without overlaps.
+
+    ``merge_pair([5, 5, 5], (5, 5), 9)`` -> ``[9, 5]``: the leftmost occurrence wins, as in GPT-2's ``bpe()``.
+    """
+    a, b = pair
+    out, i, n = [], 0, len(ids)
+    while i < n:
+        if i < n - 1 and ids[i] == a and ids[i + 1] == b:
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+def _compile(pattern: str):
+    try:
+        import regex
+    except ImportError as err:  # pragma: no cover - regex comes with transformers
+        raise ImportError("BPETokenizer needs the 'regex' package for \\p{L} classes: pip install regex") from err
+    return regex.compile(pattern)
+
+
+class BPETokenizer:
+    """Byte-level byte-pair encoding (Sennrich et al., 2016; GPT-2, Radford et al., 2019), written in Python.
+
+    The state is three tables:
+
+    - ``vocab``: id -> the bytes the token stands for (256 single bytes, then one token per merge);
+    - ``merges``: the merges in priority order, each a pair of ids ``(a, b)`` and the id of ``a + b``;
+    - ``special_tokens``: strings such as ``"<|endoftext|>"`` that bypass BPE and get one id each.
+
+    Encoding: split text at special tokens, split each part with the pre-tokenizer regex (GPT-2's by default:
+    words with their leading space, numbers, punctuation, whitespace), turn each pre-token into byte ids and apply
+    merges, always the highest-priority pair present, until none applies. Results are cached per pre-token,
+    because natural text repeats the same words over and over.
+
+    Ways to build one: :meth:`train` (from a corpus), :meth:`from_gpt2_files` / :meth:`gpt2` (OpenAI's
+    ``encoder.json`` + ``vocab.bpe``: the ids are then exactly tiktoken's ``gpt2`` ids), :meth:`load`.
+
+    Special tokens follow tiktoken's rules: ``encode(text)`` raises when the text contains a special token,
+    ``encode(text, allowed_special={"<|endoftext|>"})`` (or ``"all"``) encodes it as its id (50256 for GPT-2),
+    and ``disallowed_special=()`` encodes it as ordinary text.
+    """
+
+    def __init__(
+        self,
+        vocab: dict[int, bytes],
+        merges: list[tuple[tuple[int, int], int]],
+        special_tokens: dict[str, int] | None = None,
+        pattern: str = GPT2_PATTERN,
+        byte_ids: list[int] | None = None,
+    ):
+        self.vocab = dict(vocab)
+        self.merges = [((int(a), int(b)), int(c)) for (a, b), c in merges]
+        self.special_tokens = dict(special_tokens or {})
+        self.pattern = pattern
+        # byte value -> id of the single-byte token (the identity for a trained tokenizer, not for GPT-2).
+        self.byte_ids = list(range(256)) if byte_ids is None else list(byte_ids)
+        if len(self.byte_ids) != 256:
+            raise ValueError(f"byte_ids must give an id for each of the 256 bytes, got {len(self.byte_ids)}")
+        for b, i in enumerate(self.byte_ids):
+            if self.vocab.get(i) != bytes([b]):
+                raise ValueError(f"vocab[{i}] must be the single byte {bytes([b])!r}; the vocabulary is inconsistent")
+        for (a, b), c in self.merges:
+            if a not in self.vocab or b not in self.vocab or self.vocab.get(c) != self.vocab[a] + self.vocab[b]:
+                raise ValueError(f"merge ({a}, {b}) -> {c} does not match the vocabulary (vocab[{c}] must be vocab[{a}] + vocab[{b}])")
+        for s, i in self.special_tokens.items():
+            if i in self.vocab:
+                raise ValueError(f"special token {s!r} has id {i}, which a regular token already uses")
+        self._ranks = {pair: rank for rank, (pair, _) in enumerate(self.merges)}
+        self._merged = dict(self.merges)
+        self._regex = _compile(pattern)
+        self._decoder = dict(self.vocab)
+        self._decoder.update({i: s.encode("utf-8") for s, i in self.special_tokens.items()})
+        self._cache: dict[str, tuple[int, ...]] = {}
+
+    # ---------------------------------------------------------------------------------------------------------
+    # Construction
+    # ---------------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def train(
+        cls,
+        text: str,
+        vocab_size: int,
+        special_tokens: Iterable[str] = (GPT2_EOT,),
+        pattern: str = GPT2_PATTERN,
+        verbose: bool = False,
+    ) -> "BPETokenizer":
+        """Learn ``vocab_size - 256 - len(special_tokens)`` merges from ``text``.
+
+        Pairs never cross pre-token boundaries (GPT-2's rule: no token glues a word to the next one's space),
+        so the corpus is reduced to a frequency table of distinct pre-tokens and pair counts are weighted by
+        frequency. After each merge only the words that contain the merged pair are updated, and a heap with
+        lazy deletion finds the next most frequent pair; ties go to the smallest pair of ids, so training is
+        deterministic.
+        """
+        if not isinstance(text, str) or not text:
+            raise ValueError("train needs a non-empty string")
+        special_tokens = list(special_tokens)
+        n_merges = vocab_size - 256 - len(special_tokens)
+        if n_merges < 0:
+            raise ValueError(
+                f"vocab_size={vocab_size} is smaller than 256 bytes + {len(special_tokens)} special tokens; use at least {256 + len(special_tokens)}"
+            )
+        regex_ = _compile(pattern)
+        parts = re.split("|".join(map(re.escape, special_tokens)), text) if special_tokens else [text]
+        freq = Counter(tok for part in parts for tok in regex_.findall(part))
+        words = [list(w.encode("utf-8")) for w in freq]
+        weights = list(freq.values())
+
+        counts: dict[tuple[int, int], int] = defaultdict(int)
+        where: dict[tuple[int, int], set[int]] = defaultdict(set)  # pair -> indices of words containing it
+        for wi, (w, f) in enumerate(zip(words, weights)):
+            for pair in zip(w, w[1:]):
+                counts[pair] += f
+                where[pair].add(wi)
+        heap = [(-c, pair) for pair, c in counts.items()]
+        heapq.heapify(heap)
+
+        vocab = {i: bytes([i]) for i in range(256)}
+        merges = []
+        while len(merges) < n_merges and heap:
+            negc, pair = heapq.heappop(heap)
+            if counts.get(pair, 0) != -negc or negc == 0:
+                continue  # stale heap entry: the count changed since it was pushed
+            new_id = 256 + len(merges)
+            merges.append((pair, new_id))
+            vocab[new_id] = vocab[pair[0]] + vocab[pair[1]]
+            if verbose:
+                print(f"merge {len(merges)}: {vocab[pair[0]]!r} + {vocab[pair[1]]!r} -> {new_id} (count {-negc})")
+            changed = set()
+            for wi in where.pop(pair):
+                w, f = words[wi], weights[wi]
+                for p in zip(w, w[1:]):  # remove this word's old pairs ...
+                    counts[p] -= f
+                    changed.add(p)
+                w = words[wi] = merge_pair(w, pair, new_id)
+                for p in zip(w, w[1:]):  # ... and add its new ones
+                    counts[p] += f
+                    where[p].add(wi)
+                    changed.add(p)
+            counts.pop(pair, None)
+            for p in changed:
+                c = counts.get(p, 0)
+                if c > 0:
+                    heapq.heappush(heap, (-c, p))
+                else:
+                    counts.pop(p, None)
+        specials = {s: 256 + len(merges) + k for k, s in enumerate(special_tokens)}
+        return cls(vocab, merges, specials, pattern)
+
+    @classmethod
+    def from_gpt2_files(cls, encoder_json: str | Path, vocab_bpe: str | Path) -> "BPETokenizer":
+        """GPT-2's tokenizer from OpenAI's ``encoder.json`` (token string -> id) and ``vocab.bpe`` (merges, in order)."""
+        encoder_json, vocab_bpe = Path(encoder_json), Path(vocab_bpe)
+        for p in (encoder_json, vocab_bpe):
+            if not p.is_file():
+                raise FileNotFoundError(f"{p} does not exist; BPETokenizer.gpt2() finds GPT-2's files through llmscratch.data.fetch")
+        encoder: dict[str, int] = json.loads(encoder_json.read_text(encoding="utf-8"))
+        byte_decoder = {c: b for b, c in bytes_to_unicode().items()}
+        special_tokens = {s: encoder.pop(s) for s in [GPT2_EOT] if s in encoder}
+        vocab = {i: bytes(byte_decoder[c] for c in s) for s, i in encoder.items()}
+        lines = vocab_bpe.read_text(encoding="utf-8").split("\n")
+        merges = []
+        for line in lines[1:]:  # the first line is a version comment
+            if not line.strip():
+                continue
+            a, b = line.split(" ")
+            merges.append(((encoder[a], encoder[b]), encoder[a + b]))
+        byte_ids = [encoder[bytes_to_unicode()[b]] for b in range(256)]
+        return cls(vocab, merges, special_tokens, GPT2_PATTERN, byte_ids)
+
+    @classmethod
+    def gpt2(cls, path: str | Path | None = None) -> "BPETokenizer":
+        """GPT-2's tokenizer from the course's data folder (files found by :func:`llmscratch.data.fetch`)."""
+        from .data import fetch
+
+        return cls.from_gpt2_files(fetch("gpt2/encoder.json", path), fetch("gpt2/vocab.bpe", path))
+
+    def save(self, path: str | Path) -> Path:
+        """Write the tokenizer to one JSON file (token bytes as hex); read it back with :meth:`load`."""
+        path = Path(path)
+        state = {
+            "format": "llmscratch-bpe-1",
+            "pattern": self.pattern,
+            "special_tokens": self.special_tokens,
+            "byte_ids": self.byte_ids,
+            "vocab": {str(i): b.hex() for i, b in self.vocab.items()},
+            "merges": [[a, b, c] for (a, b), c in self.merges],
+        }
+        path.write_text(json.dumps(state), encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "BPETokenizer":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist; write one with BPETokenizer.save(path)")
+        state = json.loads(path.read_text(encoding="utf-8"))
+        if state.get("format") != "llmscratch-bpe-1":
+            raise ValueError(f"{path} is not a file written by BPETokenizer.save (format {state.get('format')!r})")
+        vocab = {int(i): bytes.fromhex(h) for i, h in state["vocab"].items()}
+        merges = [((a, b), c) for a, b, c in state["merges"]]
+        return cls(vocab, merges, state["special_tokens"], state["pattern"], state["byte_ids"])
+
+    # ---------------------------------------------------------------------------------------------------------
+    # Encoding and decoding
+    # ---------------------------------------------------------------------------------------------------------
+
+    @property
+    def n_vocab(self) -> int:
+        """Number of ids: regular tokens plus special tokens (50,257 for GPT-2, as tiktoken's ``n_vocab``)."""
+        return max([*self.vocab, *self.special_tokens.values()]) + 1
+
+    def __len__(self) -> int:
+        return self.n_vocab
+
+    def _bpe(self, ids: list[int]) -> list[int]:
+        """Apply merges to one pre-token's byte ids: always the pair with the best (lowest) rank first."""
+        ranks = self._ranks
+        while len(ids) > 1:
+            best = min(zip(ids, ids[1:]), key=lambda p: ranks.get(p, float("inf")))
+            if best not in ranks:
+                break
+            ids = merge_pair(ids, best, self._merged[best])
+        return ids
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Encode with no special-token handling: ``"<|endoftext|>"`` is just text here."""
+        out: list[int] = []
+        cache, byte_ids = self._cache, self.byte_ids
+        for tok in self._regex.findall(text):
+            ids = cache.get(tok)
+            if ids is None:
+                ids = cache[tok] = tuple(self._bpe([byte_ids[b] for b in tok.encode("utf-8")]))
+            out.extend(ids)
+        return out
+
+    def encode(self, text: str, allowed_special: str | set | frozenset = frozenset(), disallowed_special: str | set | tuple = "all") -> list[int]:
+        """Text -> ids, with tiktoken's special-token rules (see the class docstring)."""
+        if not isinstance(text, str):
+            raise TypeError(f"encode takes a string, got {type(text).__name__}")
+        allowed = set(self.special_tokens) if allowed_special == "all" else set(allowed_special)
+        unknown = allowed - set(self.special_tokens)
+        if unknown:
+            raise ValueError(f"allowed_special names tokens this tokenizer does not have: {sorted(unknown)}; it has {sorted(self.special_tokens)}")
+        disallowed = set(self.special_tokens) - allowed if disallowed_special == "all" else set(disallowed_special)
+        for s in disallowed:
+            if s in text:
+                raise ValueError(
+                    f"the text contains the special token {s!r}. Pass allowed_special={{{s!r}}} to encode it as its id "
+                    f"({self.special_tokens.get(s)}), or disallowed_special=() to encode it as ordinary text."
+                )
+        if not allowed:
+            return self.encode_ordinary(text)
+        splitter = re.compile("(" + "|".join(map(re.escape, sorted(allowed, key=len, reverse=True))) + ")")
+        out: list[int] = []
+        for k, part in enumerate(splitter.split(text)):
+            if k % 2:  # odd pieces are the captured special tokens
+                out.append(self.special_tokens[part])
+            elif part:
+                out.extend(self.encode_ordinary(part))
+        return out
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        try:
+            return b"".join(self._decoder[int(i)] for i in ids)
+        except KeyError as err:
+            raise KeyError(f"id {err.args[0]} is not in the vocabulary (ids go from 0 to {self.n_vocab - 1})") from None
+
+    def decode(self, ids: Iterable[int], errors: str = "replace") -> str:
+        """Ids -> text. A token can end inside a multi-byte character; ``errors="replace"`` (tiktoken's default)
+        shows such a cut as U+FFFD, and a complete sequence always decodes back to the original text."""
+        return self.decode_bytes(ids).decode("utf-8", errors=errors)
+
+    def token_strings(self, ids: Iterable[int]) -> list[str]:
+        """Each id as text, for printing how a string was split (partial characters shown as U+FFFD)."""
+        return [self._decoder[int(i)].decode("utf-8", errors="replace") for i in ids]
+
+    def __repr__(self) -> str:
+        return f"BPETokenizer(n_vocab={self.n_vocab}, merges={len(self.merges)}, special_tokens={list(self.special_tokens)})"

@@ -78,3 +78,45 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.proj(self.act(self.fc(x))))
+
+
+# ==============================================================================================================
+# Residual connections (He et al., 2016) with LayerNorm, in the two placements transformers use
+# ==============================================================================================================
+
+__all__ += ["ResidualSublayer"]
+
+
+class ResidualSublayer(nn.Module):
+    """A sublayer (attention, feed-forward, ...) wrapped with a residual connection and a LayerNorm.
+
+    - ``norm="pre"`` (GPT-2, Llama, ViT): ``x + dropout(sublayer(norm(x)))``. The residual path is an identity
+      from the input to the output of the whole stack, so gradients reach early layers undiminished; the stack
+      needs one final LayerNorm after the last block.
+    - ``norm="post"`` (the original Transformer, BERT): ``norm(x + dropout(sublayer(x)))``. Every block's output
+      is normalized, but the gradient passes through a LayerNorm at every block, which makes deep post-LN stacks
+      hard to train without learning-rate warm-up (Xiong et al., 2020).
+    - ``norm="none"``: ``x + dropout(sublayer(x))``, a plain residual.
+
+    Shapes: ``(batch, seq, d)`` -> ``(batch, seq, d)``; extra keyword arguments go to the sublayer (e.g. a mask).
+    """
+
+    def __init__(self, d: int, sublayer: nn.Module, norm: str = "pre", dropout: float = 0.0, eps: float = 1e-5):
+        super().__init__()
+        if norm not in ("pre", "post", "none"):
+            raise ValueError(f"norm must be 'pre', 'post' or 'none', got {norm!r}")
+        if not isinstance(sublayer, nn.Module):
+            raise TypeError(f"sublayer must be an nn.Module, got {type(sublayer).__name__}")
+        self.norm_position = norm
+        self.sublayer = sublayer
+        self.norm = LayerNorm(d, eps=eps) if norm != "none" else nn.Identity()
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        if self.norm_position == "pre":
+            return x + self.dropout(self.sublayer(self.norm(x), **kwargs))
+        y = x + self.dropout(self.sublayer(x, **kwargs))
+        return self.norm(y) if self.norm_position == "post" else y
+
+    def extra_repr(self) -> str:
+        return f"norm={self.norm_position!r}"
