@@ -329,29 +329,36 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time(fn, device: torch.device, min_time: float, max_reps: int) -> float:
-    """Median seconds per call of ``fn``, after one warm-up call, over at least 3 and up to ``max_reps`` calls."""
-    fn()
-    _sync(device)
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < 3 or (time.perf_counter() - start < min_time and len(times) < max_reps):
-        t0 = time.perf_counter()
+def _time_interleaved(fns: list, device: torch.device, min_time: float, max_reps: int) -> list[float]:
+    """Best (minimum) seconds per call of each function, after one warm-up call each.
+
+    The functions take turns (a, b, c, a, b, c, ...), so a slow spell of the machine (another process, thermal
+    throttling) hits all of them alike, and the minimum over rounds is the time the machine needs when nothing
+    else interferes (noise only ever adds time; the advice of Python's ``timeit``). At least 5 and at most
+    ``max_reps`` rounds, stopping once ``min_time`` seconds have passed.
+    """
+    for fn in fns:
         fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2]
+    _sync(device)
+    times: list[list[float]] = [[] for _ in fns]
+    start = time.perf_counter()
+    while len(times[0]) < 5 or (time.perf_counter() - start < min_time and len(times[0]) < max_reps):
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            ts.append(time.perf_counter() - t0)
+    return [min(ts) for ts in times]
 
 
 def benchmark_attention(seq_lens=(128, 256, 512, 1024), batch: int = 4, d_model: int = 256, num_heads: int = 4,
                         causal: bool = True, device=None, dtype: torch.dtype = torch.float32,
-                        min_time: float = 0.5, max_reps: int = 20, modes=("forward", "forward+backward"),
+                        min_time: float = 0.5, max_reps: int = 15, modes=("forward", "forward+backward"),
                         progress: bool = False) -> list[dict]:
     """Time the reference (explicit weights), the SDPA module and ``nn.MultiheadAttention`` on the same input.
 
     All three get the same weights (checked equal before timing). Each row: ``seq``, ``mode``, ``impl``,
-    ``ms`` (median per call), ``ratio`` (time / reference time, < 1 is faster), ``attn_matrix_MB`` (one
+    ``ms`` (best of at least 5 calls), ``ratio`` (time / reference time, < 1 is faster), ``attn_matrix_MB`` (one
     ``(B, H, T, T)`` matrix, computed) and, on CUDA only, ``peak_MB`` (``torch.cuda.max_memory_allocated`` during
     one call, above what was allocated before it).
     """
@@ -382,8 +389,8 @@ def benchmark_attention(seq_lens=(128, 256, 512, 1024), batch: int = 4, d_model:
                 tol = 1e-4 if dtype == torch.float32 else 5e-2
                 torch.testing.assert_close(m(x), want, atol=tol, rtol=tol, msg=lambda s, n=name: f"{n}: {s}")
         for mode in modes:
-            base = None
-            for name, m in impls.items():
+            steps = []
+            for m in impls.values():
                 if mode == "forward":
                     def step(m=m):
                         with torch.no_grad():
@@ -394,8 +401,10 @@ def benchmark_attention(seq_lens=(128, 256, 512, 1024), batch: int = 4, d_model:
                     def step(m=m, xg=xg):
                         m.zero_grad(set_to_none=True)
                         m(xg).sum().backward()
-                seconds = _time(step, device, min_time, max_reps)
-                row = {"seq": seq, "mode": mode, "impl": name, "ms": seconds * 1e3,
+                steps.append(step)
+            seconds = _time_interleaved(steps, device, min_time * len(steps), max_reps)
+            for name, step, sec in zip(impls, steps, seconds):
+                row = {"seq": seq, "mode": mode, "impl": name, "ms": sec * 1e3, "ratio": sec / seconds[0],
                        "attn_matrix_MB": attention_matrix_bytes(batch, num_heads, seq, dtype) / 2**20}
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
@@ -404,11 +413,9 @@ def benchmark_attention(seq_lens=(128, 256, 512, 1024), batch: int = 4, d_model:
                     step()
                     torch.cuda.synchronize(device)
                     row["peak_MB"] = (torch.cuda.max_memory_allocated(device) - before) / 2**20
-                base = seconds if base is None else base
-                row["ratio"] = seconds / base
                 rows.append(row)
                 if progress:
-                    print(f"  seq {seq:5d} {mode:17s} {name:26s} {row['ms']:9.2f} ms", flush=True)
+                    print(f"  seq {seq:5d} {mode:17s} {name:26s} {row['ms']:9.2f} ms  x{row['ratio']:.2f}", flush=True)
     return rows
 
 
