@@ -353,7 +353,7 @@ def _time_interleaved(fns: list, device: torch.device, min_time: float, max_reps
 
 def benchmark_attention(seq_lens=(128, 256, 512, 1024), batch: int = 4, d_model: int = 256, num_heads: int = 4,
                         causal: bool = True, device=None, dtype: torch.dtype = torch.float32,
-                        min_time: float = 0.5, max_reps: int = 15, modes=("forward", "forward+backward"),
+                        min_time: float = 0.5, max_reps: int = 50, modes=("forward", "forward+backward"),
                         progress: bool = False) -> list[dict]:
     """Time the reference (explicit weights), the SDPA module and ``nn.MultiheadAttention`` on the same input.
 
@@ -363,6 +363,8 @@ def benchmark_attention(seq_lens=(128, 256, 512, 1024), batch: int = 4, d_model:
     one call, above what was allocated before it).
     """
     device = torch.device(device) if device is not None else torch.device("cpu")
+    if not seq_lens or min(seq_lens) < 1:
+        raise ValueError(f"seq_lens must be a non-empty list of positive lengths, got {seq_lens!r}")
     for mode in modes:
         if mode not in ("forward", "forward+backward"):
             raise ValueError(f"unknown mode {mode!r}; use 'forward' and/or 'forward+backward'")
@@ -382,7 +384,7 @@ def benchmark_attention(seq_lens=(128, 256, 512, 1024), batch: int = 4, d_model:
 
     rows = []
     for seq in seq_lens:
-        x = torch.randn(batch, seq, d_model, device=device, dtype=dtype, generator=None)
+        x = torch.randn(batch, seq, d_model, device=device, dtype=dtype)
         with torch.no_grad():
             want = ref(x)
             for name, m in impls.items():
