@@ -110,6 +110,7 @@ def attention_viewer(weights, tokens=None):
     static page cannot run the callbacks, so show :func:`plot_attention_grid` next to it as the fallback.
     """
     import ipywidgets as widgets
+    from IPython.display import display
 
     data = _attention_stack(weights)
     n_layers, n_heads, t, t_k = data.shape
@@ -134,7 +135,8 @@ def attention_viewer(weights, tokens=None):
             ax2.set_ylim(0, 1)
             ax2.set_title(f"what {labels[-t:][pos.value]!r} (position {pos.value}) attends to")
             fig.tight_layout()
-            plt.show()
+            display(fig)  # into the Output widget; closing keeps the inline backend from drawing it twice
+            plt.close(fig)
 
     for control in (layer, head, pos):
         control.observe(draw, names="value")
