@@ -10,18 +10,37 @@ One module, :class:`MultiHeadAttention`:
 - optional grouped-query attention (``num_kv_heads < num_heads``): fewer K/V heads, same output shape, a cache
   ``num_heads / num_kv_heads`` times smaller.
 
-Chapter 2 of the book builds attention by hand, step by step, and checks it against this module.
+Chapter 2 of the book builds attention by hand, step by step, and checks it against this module. What it builds
+is kept here too, as the readable reference the tests compare with:
+
+- :func:`reference_attention`: scores ``q @ k^T``, scaled by ``1/sqrt(head_dim)``, ``masked_fill(-inf)``,
+  softmax, dropout on the weights, weights ``@ v``; it returns the ``(T, T_k)`` weights as well;
+- :class:`ReferenceMultiHeadAttention`: the same parameters as :class:`MultiHeadAttention` (a state dict loads
+  into either) with :func:`reference_attention` inside and ``forward(..., return_weights=True)`` for plots.
+
+:func:`benchmark_attention` times the three implementations (reference, SDPA module, ``nn.MultiheadAttention``);
+``benchmarks/attention.py`` and the chapter's notebook both call it.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["MultiHeadAttention", "KVCache"]
+__all__ = [
+    "MultiHeadAttention",
+    "KVCache",
+    "ReferenceMultiHeadAttention",
+    "reference_attention",
+    "attention_matrix_bytes",
+    "benchmark_attention",
+    "format_benchmark",
+]
 
 
 @dataclass
@@ -142,6 +161,25 @@ class MultiHeadAttention(nn.Module):
 
         Returns: ``(batch, seq, d_out)``.
         """
+        b, t, past = self._check_input(x, cache)
+        self._check_mask(attention_mask, b, past + t)  # before the cache is written, so an error leaves it intact
+        q, k, v = self.split_qkv(x)
+        if cache is not None:
+            k, v = cache.append(k, v)
+        t_k = k.shape[2]
+        mask = self._mask(attention_mask, b, t, t_k, past, x.device)
+        k, v = self._expand_kv(k, v)
+        # is_causal lets SDPA pick FlashAttention and skip building a (T, T) mask; it aligns the mask top-left,
+        # which is right only when queries and keys are the same positions (no cache, or one query at a time).
+        use_is_causal = self.causal and mask is None and past == 0 and t > 1
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=use_is_causal
+        )  # (B, num_heads, T, hd)
+        y = y.transpose(1, 2).reshape(b, t, self.d_out)
+        return self.proj(y)
+
+    def _check_input(self, x: torch.Tensor, cache: KVCache | None) -> tuple[int, int, int]:
+        """Validate ``x`` and the context length; return ``(batch, seq, past)``."""
         if x.dim() != 3 or x.shape[-1] != self.d_in:
             raise ValueError(f"expected x of shape (batch, seq, {self.d_in}), got {tuple(x.shape)}")
         b, t, _ = x.shape
@@ -151,23 +189,23 @@ class MultiHeadAttention(nn.Module):
                 f"sequence of {past + t} positions ({past} cached + {t} new) is longer than the context length "
                 f"{self.context_length}; crop the input to the last {self.context_length} tokens"
             )
-        q, k, v = self.split_qkv(x)
-        if cache is not None:
-            k, v = cache.append(k, v)
-        t_k = k.shape[2]
-        mask = self._mask(attention_mask, b, t, t_k, past, x.device)
-        if self.num_kv_heads != self.num_heads:
-            # Each K/V head serves num_heads // num_kv_heads query heads.
-            rep = self.num_heads // self.num_kv_heads
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        # is_causal lets SDPA pick FlashAttention and skip building a (T, T) mask; it aligns the mask top-left,
-        # which is right only when queries and keys are the same positions (no cache, or one query at a time).
-        use_is_causal = self.causal and mask is None and past == 0 and t > 1
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=use_is_causal
-        )  # (B, num_heads, T, hd)
-        y = y.transpose(1, 2).reshape(b, t, self.d_out)
-        return self.proj(y)
+        return b, t, past
+
+    @staticmethod
+    def _check_mask(attention_mask: torch.Tensor | None, b: int, t_k: int) -> None:
+        if attention_mask is not None and tuple(attention_mask.shape) != (b, t_k):
+            raise ValueError(
+                f"attention_mask must have shape (batch, cached + new positions) = {(b, t_k)}, got "
+                f"{tuple(attention_mask.shape)}; pass 1 for real tokens and 0 for padding"
+            )
+
+    def _expand_kv(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """GQA: repeat each K/V head for the ``num_heads // num_kv_heads`` query heads it serves."""
+        if self.num_kv_heads == self.num_heads:
+            return k, v
+        rep = self.num_heads // self.num_kv_heads
+        # Query head h reads K/V head h // rep (the grouping of Ainslie et al. and of Llama's repeat_kv).
+        return k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
 
     def _mask(self, attention_mask, b, t, t_k, past, device) -> torch.Tensor | None:
         """A boolean ``(B, 1, T, T_k)`` mask (True = may attend), or None when SDPA's own causal flag suffices."""
@@ -180,19 +218,14 @@ class MultiHeadAttention(nn.Module):
             allowed = torch.ones(t, t_k, dtype=torch.bool, device=device).tril(diagonal=past)
         allowed = allowed.expand(b, 1, t, t_k)
         if attention_mask is not None:
-            if attention_mask.shape != (b, t_k):
-                raise ValueError(
-                    f"attention_mask must have shape (batch, cached + new positions) = {(b, t_k)}, got "
-                    f"{tuple(attention_mask.shape)}; pass 1 for real tokens and 0 for padding"
-                )
+            self._check_mask(attention_mask, b, t_k)
             allowed = allowed & attention_mask.to(torch.bool)[:, None, None, :]
             # A query that may see nothing (a padding position with left padding) would give NaN, which then
             # spreads through later layers; let it see itself. Its output is padding and is ignored anyway.
+            # (Done without a data-dependent `if`, so there is no GPU sync and no torch.compile graph break.)
             empty = ~allowed.any(dim=-1, keepdim=True)
-            if empty.any():
-                diag = torch.zeros(t, t_k, dtype=torch.bool, device=device)
-                diag[torch.arange(t), past + torch.arange(t)] = True
-                allowed = allowed | (empty & diag)
+            diag = torch.ones(t, t_k, dtype=torch.bool, device=device).tril(diagonal=past).triu(diagonal=past)
+            allowed = allowed | (empty & diag)
         return allowed
 
     def extra_repr(self) -> str:
@@ -203,3 +236,201 @@ class MultiHeadAttention(nn.Module):
 def _divisor_hint(d: int, near: int) -> int:
     divisors = [h for h in range(1, d + 1) if d % h == 0]
     return min(divisors, key=lambda h: abs(h - near)) if divisors else 1
+
+
+# --- The plain version the book builds: explicit (T, T_k) attention weights ------------------------------------
+
+
+def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blocked: torch.Tensor | None = None,
+                        dropout_p: float = 0.0, training: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scaled dot-product attention written out: ``softmax(q k^T / sqrt(d_k) + mask) v``.
+
+    Args:
+        q: ``(..., T, d_k)``; k: ``(..., T_k, d_k)``; v: ``(..., T_k, d_v)``.
+        blocked: boolean, broadcastable to ``(..., T, T_k)``; True where a query must NOT see a key.
+        dropout_p, training: dropout on the attention weights (only when ``training``).
+
+    Returns: ``(context (..., T, d_v), weights (..., T, T_k))``.
+    """
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (..., T, T_k)
+    if blocked is not None:
+        # -inf before the softmax: exp(-inf) = 0, so a blocked key gets exactly zero weight and the others
+        # still sum to one (no renormalisation needed).
+        scores = scores.masked_fill(blocked, float("-inf"))
+    weights = torch.softmax(scores, dim=-1)
+    weights = F.dropout(weights, p=dropout_p, training=training)
+    return weights @ v, weights
+
+
+class ReferenceMultiHeadAttention(MultiHeadAttention):
+    """:class:`MultiHeadAttention` with the attention weights computed explicitly (:func:`reference_attention`).
+
+    Same parameters, same names and layout (``qkv``, ``proj``): ``ref.load_state_dict(fast.state_dict())``
+    gives the same function, which is what the tests check (values and gradients). It materialises the
+    ``(batch, heads, T, T_k)`` weights, so it is slower and needs O(T²) memory; use it to learn, to test and to
+    look at the weights (``return_weights=True``), not to train.
+    """
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, cache: KVCache | None = None,
+                return_weights: bool = False):
+        """As :meth:`MultiHeadAttention.forward`; with ``return_weights`` also returns the weights
+        ``(batch, num_heads, seq, past + seq)``."""
+        b, t, past = self._check_input(x, cache)
+        self._check_mask(attention_mask, b, past + t)
+        q, k, v = self.split_qkv(x)  # q (B, H, T, hd), k and v (B, H_kv, T, hd)
+        if cache is not None:
+            k, v = cache.append(k, v)
+        k, v = self._expand_kv(k, v)
+        t_k = k.shape[2]
+        blocked = torch.zeros(t, t_k, dtype=torch.bool, device=x.device)
+        if self.causal:
+            # query i sits at absolute position past + i and must not see keys after it
+            blocked = torch.ones(t, t_k, dtype=torch.bool, device=x.device).triu(diagonal=past + 1)
+        blocked = blocked[None, None]  # (1, 1, T, T_k)
+        if attention_mask is not None:
+            blocked = blocked | ~attention_mask.to(torch.bool)[:, None, None, :]  # (B, 1, T, T_k)
+            # A query that may see no key at all (a left-padding position) would get NaN; let it see itself.
+            nothing = blocked.all(dim=-1, keepdim=True)
+            itself = torch.arange(t_k, device=x.device)[None, :] == (past + torch.arange(t, device=x.device))[:, None]
+            blocked = blocked & ~(nothing & itself)
+        y, weights = reference_attention(q, k, v, blocked, self.dropout, self.training)  # y (B, H, T, hd)
+        y = y.transpose(1, 2).reshape(b, t, self.d_out)  # merge heads: (B, T, H * hd)
+        out = self.proj(y)
+        return (out, weights) if return_weights else out
+
+
+# --- Speed and memory: the comparison of benchmarks/attention.py and of the chapter's notebook -------------------
+
+
+def attention_matrix_bytes(batch: int, num_heads: int, seq: int, dtype: torch.dtype = torch.float32) -> int:
+    """Bytes of one ``(batch, num_heads, seq, seq)`` attention matrix: what the reference materialises (several
+    times: scores, weights, and their gradients), and what a fused SDPA kernel never stores."""
+    return batch * num_heads * seq * seq * torch.empty((), dtype=dtype).element_size()
+
+
+class _TorchMHA(nn.Module):
+    """``nn.MultiheadAttention`` behind the ``(x) -> y`` interface, causal by an explicit ``(T, T)`` mask."""
+
+    def __init__(self, d_model: int, num_heads: int, causal: bool):
+        super().__init__()
+        self.mha = nn.MultiheadAttention(d_model, num_heads, batch_first=True)
+        self.causal = causal
+
+    def forward(self, x):
+        t = x.shape[1]
+        mask = None
+        if self.causal:
+            mask = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)  # True = blocked (PyTorch's rule)
+        return self.mha(x, x, x, attn_mask=mask, need_weights=False, is_causal=self.causal)[0]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_interleaved(fns: list, device: torch.device, min_time: float, max_reps: int) -> list[float]:
+    """Best (minimum) seconds per call of each function, after one warm-up call each.
+
+    The functions take turns (a, b, c, a, b, c, ...), so a slow spell of the machine (another process, thermal
+    throttling) hits all of them alike, and the minimum over rounds is the time the machine needs when nothing
+    else interferes (noise only ever adds time; the advice of Python's ``timeit``). At least 5 and at most
+    ``max_reps`` rounds, stopping once ``min_time`` seconds have passed.
+    """
+    for fn in fns:
+        fn()
+    _sync(device)
+    times: list[list[float]] = [[] for _ in fns]
+    start = time.perf_counter()
+    while len(times[0]) < 5 or (time.perf_counter() - start < min_time and len(times[0]) < max_reps):
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            ts.append(time.perf_counter() - t0)
+    return [min(ts) for ts in times]
+
+
+def benchmark_attention(seq_lens=(128, 256, 512, 1024), batch: int = 4, d_model: int = 256, num_heads: int = 4,
+                        causal: bool = True, device=None, dtype: torch.dtype = torch.float32,
+                        min_time: float = 0.5, max_reps: int = 50, modes=("forward", "forward+backward"),
+                        progress: bool = False) -> list[dict]:
+    """Time the reference (explicit weights), the SDPA module and ``nn.MultiheadAttention`` on the same input.
+
+    All three get the same weights (checked equal before timing). Each row: ``seq``, ``mode``, ``impl``,
+    ``ms`` (best of at least 5 calls), ``ratio`` (time / reference time, < 1 is faster), ``attn_matrix_MB`` (one
+    ``(B, H, T, T)`` matrix, computed) and, on CUDA only, ``peak_MB`` (``torch.cuda.max_memory_allocated`` during
+    one call, above what was allocated before it).
+    """
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if not seq_lens or min(seq_lens) < 1:
+        raise ValueError(f"seq_lens must be a non-empty list of positive lengths, got {seq_lens!r}")
+    for mode in modes:
+        if mode not in ("forward", "forward+backward"):
+            raise ValueError(f"unknown mode {mode!r}; use 'forward' and/or 'forward+backward'")
+    max_seq = max(seq_lens)
+    fast = MultiHeadAttention(d_model, d_model, num_heads, max_seq, qkv_bias=True, causal=causal)
+    ref = ReferenceMultiHeadAttention(d_model, d_model, num_heads, max_seq, qkv_bias=True, causal=causal)
+    ref.load_state_dict(fast.state_dict())
+    torch_mha = _TorchMHA(d_model, num_heads, causal)
+    with torch.no_grad():  # nn.MultiheadAttention keeps Q, K, V stacked in the same order: copy one to one
+        torch_mha.mha.in_proj_weight.copy_(fast.qkv.weight)
+        torch_mha.mha.in_proj_bias.copy_(fast.qkv.bias)
+        torch_mha.mha.out_proj.weight.copy_(fast.proj.weight)
+        torch_mha.mha.out_proj.bias.copy_(fast.proj.bias)
+    impls = {"reference (explicit T×T)": ref, "SDPA module": fast, "nn.MultiheadAttention": torch_mha}
+    for m in impls.values():
+        m.to(device=device, dtype=dtype).eval()  # eval: dropout off; the timings are of the attention itself
+
+    rows = []
+    for seq in seq_lens:
+        x = torch.randn(batch, seq, d_model, device=device, dtype=dtype)
+        with torch.no_grad():
+            want = ref(x)
+            for name, m in impls.items():
+                tol = 1e-4 if dtype == torch.float32 else 5e-2
+                torch.testing.assert_close(m(x), want, atol=tol, rtol=tol, msg=lambda s, n=name: f"{n}: {s}")
+        for mode in modes:
+            steps = []
+            for m in impls.values():
+                if mode == "forward":
+                    def step(m=m):
+                        with torch.no_grad():
+                            m(x)
+                else:
+                    xg = x.detach().clone().requires_grad_(True)
+
+                    def step(m=m, xg=xg):
+                        m.zero_grad(set_to_none=True)
+                        m(xg).sum().backward()
+                steps.append(step)
+            seconds = _time_interleaved(steps, device, min_time * len(steps), max_reps)
+            for name, step, sec in zip(impls, steps, seconds):
+                row = {"seq": seq, "mode": mode, "impl": name, "ms": sec * 1e3, "ratio": sec / seconds[0],
+                       "attn_matrix_MB": attention_matrix_bytes(batch, num_heads, seq, dtype) / 2**20}
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                    torch.cuda.reset_peak_memory_stats(device)
+                    before = torch.cuda.memory_allocated(device)
+                    step()
+                    torch.cuda.synchronize(device)
+                    row["peak_MB"] = (torch.cuda.max_memory_allocated(device) - before) / 2**20
+                rows.append(row)
+                if progress:
+                    print(f"  seq {seq:5d} {mode:17s} {name:26s} {row['ms']:9.2f} ms  x{row['ratio']:.2f}", flush=True)
+    return rows
+
+
+def format_benchmark(rows: list[dict]) -> str:
+    """The rows of :func:`benchmark_attention` as a Markdown table."""
+    has_peak = any("peak_MB" in r for r in rows)
+    head = ["seq", "mode", "implementation", "ms / call", "× reference", "one T×T matrix (MB)"]
+    head += ["peak memory (MB)"] if has_peak else []
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+    for r in rows:
+        cells = [str(r["seq"]), r["mode"], r["impl"], f"{r['ms']:.2f}", f"{r['ratio']:.2f}",
+                 f"{r['attn_matrix_MB']:.1f}"]
+        if has_peak:
+            cells.append(f"{r.get('peak_MB', float('nan')):.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
