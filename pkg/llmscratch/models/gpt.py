@@ -29,7 +29,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from .attention import KVCache, MultiHeadAttention
 from .layers import FeedForward, LayerNorm
