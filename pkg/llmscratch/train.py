@@ -662,18 +662,19 @@ def sample_callback(tokenizer, prompt: str = "Every effort moves you", max_new_t
 
     It uses :func:`llmscratch.generate.generate` when the model has a KV cache (``generate_kwargs`` go there,
     e.g. ``temperature=0.8, top_k=40``), and a plain model-agnostic greedy loop otherwise, cropping to
-    ``context_length`` tokens when given. The samples are also kept in ``callback.samples`` as
+    ``context_length`` tokens (default: ``model.cfg.context_length`` when the model has one). The samples are also kept in ``callback.samples`` as
     ``(epoch, text)`` pairs.
     """
     samples: list[tuple[int, str]] = []
 
     def callback(trainer: Trainer) -> None:
         model = trainer.model
+        ctx = context_length or getattr(getattr(_unwrap(model), "cfg", None), "context_length", None)
         ids = torch.tensor([tokenizer.encode(prompt)], device=trainer.device)
         was_training = model.training
         model.eval()
         try:
-            out = _generate_any(model, ids, max_new_tokens, context_length, **generate_kwargs)
+            out = _generate_any(model, ids, max_new_tokens, ctx, **generate_kwargs)
         finally:
             model.train(was_training)
         text = tokenizer.decode(out[0].tolist())
