@@ -662,10 +662,11 @@ def sample_callback(tokenizer, prompt: str = "Every effort moves you", max_new_t
 
     It uses :func:`llmscratch.generate.generate` when the model has a KV cache (``generate_kwargs`` go there,
     e.g. ``temperature=0.8, top_k=40``), and a plain model-agnostic greedy loop otherwise, cropping to
-    ``context_length`` tokens (default: ``model.cfg.context_length`` when the model has one). The samples are also kept in ``callback.samples`` as
-    ``(epoch, text)`` pairs.
+    ``context_length`` tokens (default: ``model.cfg.context_length`` when the model has one). The samples
+    are also kept in ``callback.samples`` as ``(epoch, text)`` pairs.
     """
     samples: list[tuple[int, str]] = []
+    generate_kwargs.setdefault("crop", True)  # a sample must never stop training: slide past the context
 
     def callback(trainer: Trainer) -> None:
         model = trainer.model
@@ -691,10 +692,13 @@ def _generate_any(model: nn.Module, ids: torch.Tensor, max_new_tokens: int, cont
         from .generate import generate
     except ImportError:  # pragma: no cover - generate ships with the package
         generate = None
-    if generate is not None and hasattr(_unwrap(model), "cfg"):
+    if generate is not None and hasattr(_unwrap(model), "new_cache"):
         with torch.no_grad():
             return generate(model, ids, max_new_tokens, **generate_kwargs)
     # Any ids -> logits model: greedy, one full forward pass per new token.
+    generate_kwargs.pop("crop", None)
+    if generate_kwargs:
+        raise TypeError(f"{sorted(generate_kwargs)} need llmscratch.generate and a model with a KV cache (new_cache)")
     with torch.no_grad():
         for _ in range(max_new_tokens):
             window = ids if context_length is None else ids[:, -context_length:]
