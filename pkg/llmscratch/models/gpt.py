@@ -297,8 +297,8 @@ class GPTModel(nn.Module):
                 raise ValueError("peak_flops unknown for this device; pass it, e.g. peak_flops=312e12 for an A100")
         return self.flops_per_token(seq_len) * tokens_per_iter / dt / peak_flops
 
-    def configure_optimizer(self, lr: float = 3e-4, weight_decay: float = 0.1, betas=(0.9, 0.95),
-                            device: str | torch.device | None = None) -> torch.optim.AdamW:
+    def configure_optimizer(self, lr: float = 3e-4, weight_decay: float = 0.1,
+                            betas=(0.9, 0.95)) -> torch.optim.AdamW:
         """AdamW with weight decay on matrices only (not biases, LayerNorms), fused kernel where available.
 
         Fused AdamW updates every parameter in one kernel per step (CUDA, and the CPU in recent PyTorch);
@@ -308,11 +308,10 @@ class GPTModel(nn.Module):
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        dev = torch.device(device) if device is not None else next(self.parameters()).device
         try:
             return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
         except (RuntimeError, TypeError, ValueError):  # fused not supported on this device / version
-            return torch.optim.AdamW(groups, lr=lr, betas=betas, foreach=dev.type != "mps" or None)
+            return torch.optim.AdamW(groups, lr=lr, betas=betas)  # PyTorch picks foreach where it can
 
     # ------------------------------------------------------------------ Hugging Face checkpoints
     @classmethod
