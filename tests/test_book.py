@@ -157,3 +157,15 @@ def test_chapter_renders_in_a_browser(built_book, served, tmp_path):
     dom = _chromium(tmp_path, "--dump-dom", url).stdout
     assert "mjx-container" in dom, "MathJax did not render (vendored mathjax not loaded?)"
     assert "widget-slider" in dom, "the ipywidgets slider was not rendered (vendored widget manager not loaded?)"
+
+
+def test_every_lab_has_open_in_colab_links():
+    """Students reach each lab from the README and from the book's instructor page."""
+    from llmscratch.notebooks import colab_url
+
+    readme = (REPO / "README.md").read_text()
+    instructors = (REPO / "book" / "instructors.md").read_text()
+    for lab in notebooks("solutions"):
+        url = colab_url(f"exercises/{lab.name}")
+        assert url in readme, f"README.md has no Open-in-Colab link for {lab.name}"
+        assert url in instructors, f"book/instructors.md has no Open-in-Colab link for {lab.name}"
