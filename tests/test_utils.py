@@ -73,3 +73,19 @@ def test_env_report():
     assert report["autocast_dtype"] == "None"
     text = utils.format_env_report("cpu")
     assert "torch" in text and str(torch.__version__) in text
+
+
+def test_atomic_write_replaces_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "sub" / "f.txt"
+    with utils.atomic_write(target, "w", encoding="utf-8") as f:
+        f.write("first")
+    assert target.read_text() == "first"
+    with pytest.raises(RuntimeError):
+        with utils.atomic_write(target, "w", encoding="utf-8") as f:
+            f.write("half of the sec")
+            raise RuntimeError("crash while writing")
+    assert target.read_text() == "first", "a failed write must leave the old file untouched"
+    assert [p.name for p in target.parent.iterdir()] == ["f.txt"], "temporary file left behind"
+    with pytest.raises(ValueError, match="mode must contain 'w'"):
+        with utils.atomic_write(target, "r"):
+            pass

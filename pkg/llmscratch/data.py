@@ -24,7 +24,6 @@ import io
 import os
 import random
 import re
-import shutil
 import tarfile
 import tempfile
 import time
@@ -36,6 +35,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
+
+from .utils import atomic_write
 
 __all__ = [
     "DataFile",
@@ -364,21 +365,13 @@ def _entry(relpath: str) -> DataFile:
 
 
 def _atomic_write(dest: Path, data: bytes | None = None, src: Path | None = None) -> None:
-    """Write ``data`` (or move ``src``) to ``dest`` through a temporary file in the same folder + rename."""
+    """Write ``data`` (or move ``src``) to ``dest`` atomically (see :func:`llmscratch.utils.atomic_write`)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     if src is not None:
         os.replace(src, dest)
         return
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(dest) as fh:
+        fh.write(data)
 
 
 def _download(urls: Iterable[str], dest: Path, sha256: str, retries: int = 2, timeout: float = 60.0) -> Path:

@@ -371,7 +371,10 @@ class BPETokenizer:
             "vocab": {str(i): b.hex() for i, b in self.vocab.items()},
             "merges": [[a, b, c] for (a, b), c in self.merges],
         }
-        path.write_text(json.dumps(state), encoding="utf-8")
+        from .utils import atomic_write
+
+        with atomic_write(path, "w", encoding="utf-8") as fh:
+            json.dump(state, fh)
         return path
 
     @classmethod

@@ -9,16 +9,19 @@ One place for these, so that a notebook's second cell reads the same in every ch
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import random
 import sys
-from typing import Any
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Iterator
 
 import numpy as np
 import torch
 
-__all__ = ["seed_everything", "get_device", "autocast_dtype", "autocast", "env_report", "format_env_report", "in_colab"]
+__all__ = ["atomic_write", "seed_everything", "get_device", "autocast_dtype", "autocast", "env_report", "format_env_report", "in_colab"]
 
 
 def seed_everything(seed: int = 123, deterministic: bool = False) -> int:
@@ -142,3 +145,33 @@ def format_env_report(device: str | torch.device = "auto") -> str:
     report = env_report(device)
     width = max(len(k) for k in report)
     return "\n".join(f"{k:<{width}} : {v}" for k, v in report.items())
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "wb", encoding: str | None = None, newline: str | None = None
+                 ) -> Iterator[IO]:
+    """Open a temporary file next to ``path`` for writing; on success, flush, fsync and rename it into place.
+
+    ``os.replace`` within one folder is atomic on POSIX and Windows: a reader (or a crash) sees the old file or
+    the new one, never half of one. If the block raises, the temporary file is removed and ``path`` is untouched.
+    Every file the package writes for a user (data, checkpoints, gradebooks, exercises, tokenizers) goes
+    through here::
+
+        with atomic_write("model.pt") as f:
+            torch.save(state, f)
+    """
+    if "w" not in mode:
+        raise ValueError(f"atomic_write opens files for writing; mode must contain 'w', got {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, encoding=encoding, newline=newline) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

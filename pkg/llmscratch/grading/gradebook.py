@@ -11,6 +11,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from ..utils import atomic_write
+
 __all__ = ["GradingError", "COLUMNS", "SUMMARY_COLUMNS", "summary_path", "check_writable", "write_gradebook"]
 
 
@@ -29,19 +31,8 @@ def summary_path(out: str | Path) -> Path:
 
 
 def _atomic_write_csv(df, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            df.to_csv(f, index=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_write(path, "w", encoding="utf-8", newline="") as f:
+        df.to_csv(f, index=False)
 
 
 def check_writable(out: Path) -> None:

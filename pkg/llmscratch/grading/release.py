@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from ..utils import atomic_write
 
 __all__ = ["ReleaseError", "stub_source", "release_notebook", "release_all", "dumps_notebook", "add_cli"]
 
@@ -250,9 +251,8 @@ def release_all(
         changed.append(target)
         if not check:
             exercises.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, target)
+            with atomic_write(target, "w", encoding="utf-8") as fh:
+                fh.write(text)
     if check and not notebooks and exercises.is_dir():
         changed += [p for p in sorted(exercises.glob("*.ipynb")) if p.name not in expected_names]
     return changed
