@@ -50,7 +50,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         safe_targets = torch.where(valid, targets, torch.zeros_like(targets))  # gather needs an in-range index
         total = torch.zeros((), dtype=acc, device=hidden.device)
         grad_hidden = torch.empty_like(hidden) if need_h else None
-        grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+        grad_weight = torch.empty(weight.shape, dtype=acc, device=weight.device) if need_w else None
         # The logits of a chunk are computed *transposed*, (V, rows) = W @ h_chunk.T: with W stored (V, d),
         # this orientation is about 2x faster than h_chunk @ W.T on a CPU (MKL, measured; see RESULTS.md), and
         # the two gradient matmuls take it as it is. The softmax then runs down the columns (dim 0).
@@ -80,7 +80,9 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             if grad_hidden is not None:
                 torch.mm(g_t.t(), weight, out=grad_hidden[start:end])  # (rows, d)
             if grad_weight is not None:
-                if not low:
+                if start == 0:  # the first chunk writes, the others accumulate (no 50 MB zero fill)
+                    torch.mm(g_t, h, out=grad_weight) if not low else grad_weight.copy_(torch.mm(g_t, h))
+                elif not low:
                     grad_weight.addmm_(g_t, h)  # (V, d), accumulated over chunks
                 else:
                     grad_weight += torch.mm(g_t, h).float()
