@@ -28,8 +28,8 @@ __all__ = ["fused_linear_cross_entropy", "DEFAULT_CHUNK_SIZE", "IGNORE_INDEX"]
 
 IGNORE_INDEX = -100
 #: Rows per chunk. Measured on a 2-core x86 CPU (benchmarks/gpt.py config: 1,024 tokens, d 256, V 50,257):
-#: 256 rows (a 51 MB float32 logits buffer) was the fastest of 64-1,024; see benchmarks/RESULTS.md.
-DEFAULT_CHUNK_SIZE = 256
+#: 512 rows (a 103 MB float32 logits buffer) was the fastest of 128-1,024 (`--chunk-sweep`); see RESULTS.md.
+DEFAULT_CHUNK_SIZE = 512
 
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
