@@ -13,6 +13,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from llmscratch import train as T
+from llmscratch.models.gpt import GPTConfig, GPTModel
 from llmscratch.train import (
     CheckpointMismatchError,
     History,
@@ -170,6 +171,57 @@ def test_perplexity_is_exp_of_loss_and_uniform_gives_vocab_size():
     assert perplexity(calc_loss_loader(Uniform(), _loader())) == pytest.approx(VOCAB, rel=1e-5)
 
 
+def test_calc_loss_batch_uses_a_models_loss_method_with_the_same_result():
+    torch.manual_seed(0)
+    model = GPTModel(GPTConfig.preset("gpt-nano", vocab_size=VOCAB, context_length=SEQ))
+    inputs, targets = torch.randint(0, VOCAB, (3, SEQ)), torch.randint(0, VOCAB, (3, SEQ))
+    targets[1, 5:] = -100
+
+    class LogitsOnly(nn.Module):  # the same model seen without its .loss method
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x)
+
+    calls = []
+    original = GPTModel.loss
+
+    def spy(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    results = []
+    for m in (model, LogitsOnly(model)):
+        model.zero_grad(set_to_none=True)
+        GPTModel.loss = spy
+        try:
+            loss = calc_loss_batch(m, inputs, targets)
+        finally:
+            GPTModel.loss = original
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    assert len(calls) == 1  # the fused path ran for the GPTModel, the logits path for the wrapper
+    (fused_loss, fused_grads), (ref_loss, ref_grads) = results
+    torch.testing.assert_close(fused_loss, ref_loss)
+    for name, g in ref_grads.items():
+        torch.testing.assert_close(fused_grads[name], g, atol=1e-6, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_a_loss_module_attribute_is_not_taken_for_a_loss_method():
+    class WithCriterion(TinyLM):
+        def __init__(self):
+            super().__init__()
+            self.loss = nn.CrossEntropyLoss()  # takes logits, not (inputs, targets)
+
+    torch.manual_seed(0)
+    model = WithCriterion()
+    inputs, targets = torch.randint(0, VOCAB, (2, SEQ)), torch.randint(0, VOCAB, (2, SEQ))
+    expected = F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())
+    torch.testing.assert_close(calc_loss_batch(model, inputs, targets), expected)
+
+
 # ---- optimizer and schedule ----------------------------------------------------------------------------------
 
 
@@ -181,7 +233,13 @@ def test_configure_optimizer_groups_and_tied_weights():
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
     ids = [id(p) for g in opt.param_groups for p in g["params"]]
     assert len(ids) == len(set(ids)) == len(list(model.parameters()))  # the tied weight appears once
-    assert opt.defaults["foreach"] is True  # CPU
+    try:  # the fused kernel is used exactly when this PyTorch has one for the CPU
+        torch.optim.AdamW([nn.Parameter(torch.zeros(1))], fused=True)
+        cpu_fused = True
+    except (RuntimeError, TypeError, ValueError):
+        cpu_fused = False
+    assert opt.defaults["fused"] is True if cpu_fused else opt.defaults["foreach"] is True
+    assert GPTModel(GPTConfig.preset("gpt-nano", vocab_size=11)).configure_optimizer().defaults["fused"] == cpu_fused
     with pytest.raises(ValueError, match="lr"):
         configure_optimizer(model, lr=0)
 

@@ -8,7 +8,7 @@ What the loop does, and why (Raschka, *Build a Large Language Model (From Scratc
 ``train.py``):
 
 - **AdamW** (Loshchilov & Hutter, 2019) with weight decay on matrices only (biases, LayerNorm and other 1-D
-  parameters are not decayed), ``fused=True`` on CUDA (one kernel for all parameters) and ``foreach`` elsewhere;
+  parameters are not decayed), ``fused=True`` where PyTorch has the kernel (CUDA, CPU) and ``foreach`` elsewhere;
 - **gradient clipping** by global norm (Pascanu et al., 2013), which keeps one bad batch from blowing up training;
 - an optional **linear warmup + cosine decay** of the learning rate (Loshchilov & Hutter, 2017);
 - **mixed precision** through :func:`llmscratch.utils.autocast`: bf16 on GPUs that have it, fp16 with a
@@ -34,6 +34,7 @@ import math
 import os
 import tempfile
 import time
+import types
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -105,11 +106,19 @@ def calc_loss_batch(model: nn.Module, inputs: torch.Tensor, targets: torch.Tenso
 
     The logits are flattened to ``(batch * seq, vocab)`` and the targets to ``(batch * seq,)``: next-token
     prediction is a classification over the vocabulary at every position.
+
+    Duck typing: a model with a ``loss(inputs, targets, ignore_index=...)`` *method* (such as
+    :meth:`llmscratch.models.gpt.GPTModel.loss`, which fuses the LM head with the cross-entropy and never stores
+    the full logits) is asked for its loss directly; it must return the same mean cross-entropy. Any other model
+    goes through ``model(inputs)`` and ``F.cross_entropy``. A ``torch.compile``-wrapped model always takes the
+    logits path, so that its compiled ``forward`` is the one that runs.
     """
     _check_pair(inputs, targets)
     if device is None:
         device = _model_device(model)
     inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+    if _has_loss_method(model):
+        return model.loss(inputs, targets, ignore_index=ignore_index)
     logits = logits_of(model(inputs))
     if logits.shape[:-1] != targets.shape:
         raise ValueError(
@@ -118,6 +127,13 @@ def calc_loss_batch(model: nn.Module, inputs: torch.Tensor, targets: torch.Tenso
         )
     # float(): under autocast the logits may be bf16/fp16; the loss is computed in float32 for accuracy.
     return F.cross_entropy(logits.flatten(0, -2).float(), targets.flatten().long(), ignore_index=ignore_index)
+
+
+def _has_loss_method(model: nn.Module) -> bool:
+    # A bound method, not e.g. an nn.CrossEntropyLoss stored as ``self.loss`` (that one takes logits).
+    if hasattr(model, "_orig_mod"):  # torch.compile wrapper: getattr would reach the *uncompiled* module
+        return False
+    return isinstance(getattr(model, "loss", None), types.MethodType)
 
 
 def calc_loss_loader(model: nn.Module, loader: Iterable, device=None, num_batches: int | None = None,
@@ -191,9 +207,10 @@ def configure_optimizer(model: nn.Module, lr: float = 4e-4, weight_decay: float 
     """AdamW with weight decay on matrices (dim >= 2: linear and embedding weights) and none on biases and
     norm weights, as in GPT-2/nanoGPT: decaying a LayerNorm gain towards 0 only hurts.
 
-    ``fused=True`` on CUDA (one kernel updates all parameters), ``foreach=True`` elsewhere (one multi-tensor op
+    ``fused=True`` where the installed PyTorch has a fused AdamW kernel for the parameters' device (CUDA; the
+    CPU since PyTorch 2.4): one kernel updates every parameter; otherwise ``foreach=True`` (one multi-tensor op
     per step instead of a Python loop over parameters). Parameters shared between modules (tied embeddings)
-    appear once.
+    appear once. ``device`` is only a hint kept for compatibility; the parameters' own device decides.
     """
     if lr <= 0:
         raise ValueError(f"lr must be positive, got {lr}")
@@ -206,9 +223,10 @@ def configure_optimizer(model: nn.Module, lr: float = 4e-4, weight_decay: float 
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
-    dev = torch.device(device) if device is not None else params[0].device
-    kwargs = {"fused": True} if dev.type == "cuda" else {"foreach": True}
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, **kwargs)
+    try:
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device / dtype / PyTorch version
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, foreach=True)
 
 
 def lr_at(step: int, lr: float, warmup_steps: int = 0, total_steps: int | None = None,

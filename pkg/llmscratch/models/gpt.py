@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .attention import KVCache, MultiHeadAttention
+from ..losses import fused_linear_cross_entropy
 from .layers import FeedForward, LayerNorm
 
 __all__ = ["GPTConfig", "GPTModel", "TransformerBlock", "PRESETS"]
@@ -207,6 +208,18 @@ class GPTModel(nn.Module):
 
         Returns: logits ``(batch, seq, vocab_size)``.
         """
+        x = self.hidden_states(idx, attention_mask=attention_mask, cache=cache, position_ids=position_ids)
+        logits = self.lm_head(x)  # (B, T, embedding_rows)
+        if self.cfg.padded_vocab_size is not None and self.cfg.padded_vocab_size != self.cfg.vocab_size:
+            logits = logits[..., : self.cfg.vocab_size]  # padding rows are never real tokens
+        return logits
+
+    def hidden_states(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      cache: list[KVCache] | None = None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Everything but the LM head: the final-LayerNorm output ``(batch, seq, d_model)``.
+
+        Arguments as :meth:`forward`; ``forward`` is ``lm_head(hidden_states(...))``.
+        """
         if idx.dim() != 2:
             raise ValueError(f"idx must be token ids of shape (batch, seq), got shape {tuple(idx.shape)}; "
                              "for one sequence use idx.unsqueeze(0)")
@@ -237,11 +250,33 @@ class GPTModel(nn.Module):
         x = self.drop_emb(self.tok_emb(idx) + self.pos_emb(position_ids))  # (B, T, d_model)
         for i, block in enumerate(self.blocks):
             x = block(x, attention_mask=attention_mask, cache=cache[i] if cache is not None else None)
-        x = self.final_norm(x)
-        logits = self.lm_head(x)  # (B, T, embedding_rows)
-        if self.cfg.padded_vocab_size is not None and self.cfg.padded_vocab_size != self.cfg.vocab_size:
-            logits = logits[..., : self.cfg.vocab_size]  # padding rows are never real tokens
-        return logits
+        return self.final_norm(x)
+
+    def loss(self, idx: torch.Tensor, targets: torch.Tensor, attention_mask: torch.Tensor | None = None,
+             ignore_index: int = -100, chunk_size: int | None = None) -> torch.Tensor:
+        """Mean next-token cross-entropy of ``idx`` against ``targets`` (a scalar), for training.
+
+        Equal to ``F.cross_entropy(model(idx).flatten(0, 1), targets.flatten(), ignore_index=-100)`` up to float
+        rounding, but faster and lighter: the LM head and the loss run fused and chunked
+        (:func:`llmscratch.losses.fused_linear_cross_entropy`), so the ``(batch * seq, vocab)`` logits and
+        their gradient are never stored whole. :func:`llmscratch.train.calc_loss_batch` calls this method when a
+        model has it.
+
+        Args:
+            idx: token ids ``(batch, seq)``.
+            targets: next-token ids ``(batch, seq)``; ``ignore_index`` (-100) marks positions without a loss
+                (set padded positions to it; ``attention_mask`` alone does not remove them from the loss).
+            attention_mask: ``(batch, seq)``, 1 for real tokens, 0 for padding, as in :meth:`forward`.
+            chunk_size: tokens per chunk (default :data:`llmscratch.losses.DEFAULT_CHUNK_SIZE`).
+        """
+        if targets.shape != idx.shape:
+            raise ValueError(f"targets {tuple(targets.shape)} must have the shape of idx {tuple(idx.shape)}: "
+                             "targets[:, i] is the token that follows idx[:, i]")
+        x = self.hidden_states(idx, attention_mask=attention_mask)  # (B, T, d_model)
+        weight = self.lm_head.weight[: self.cfg.vocab_size]  # drop padding rows (a view; no copy)
+        kwargs = {} if chunk_size is None else {"chunk_size": chunk_size}
+        return fused_linear_cross_entropy(x, weight, targets, ignore_index=ignore_index, **kwargs)
+
 
     def new_cache(self, batch: int, max_len: int | None = None, device=None, dtype=None) -> list[KVCache]:
         """An empty KV cache: one preallocated :class:`KVCache` per block, ``max_len`` positions each
@@ -300,17 +335,11 @@ class GPTModel(nn.Module):
                             betas=(0.9, 0.95)) -> torch.optim.AdamW:
         """AdamW with weight decay on matrices only (not biases, LayerNorms), fused kernel where available.
 
-        Fused AdamW updates every parameter in one kernel per step (CUDA, and the CPU in recent PyTorch);
-        otherwise the multi-tensor ``foreach`` path is used.
+        The same as :func:`llmscratch.train.configure_optimizer` (which it calls), with nanoGPT's lr default.
         """
-        params = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        try:
-            return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
-        except (RuntimeError, TypeError, ValueError):  # fused not supported on this device / version
-            return torch.optim.AdamW(groups, lr=lr, betas=betas)  # PyTorch picks foreach where it can
+        from ..train import configure_optimizer
+
+        return configure_optimizer(self, lr=lr, weight_decay=weight_decay, betas=betas)
 
     # ------------------------------------------------------------------ Hugging Face checkpoints
     @classmethod
