@@ -22,7 +22,6 @@ to float rounding; ``tests/test_losses.py`` checks the loss and both gradients a
 from __future__ import annotations
 
 import torch
-from torch.nn import functional as F
 
 __all__ = ["fused_linear_cross_entropy", "DEFAULT_CHUNK_SIZE", "IGNORE_INDEX"]
 

@@ -31,8 +31,6 @@ Usage::
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import time
 import types
 from dataclasses import asdict, dataclass, field
@@ -43,7 +41,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .utils import autocast, autocast_dtype, get_device
+from .utils import atomic_write, autocast, autocast_dtype, get_device
 
 __all__ = [
     "logits_of",
@@ -330,27 +328,10 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def _atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the target folder, then ``os.replace`` it into place.
-
-    ``os.replace`` is atomic on POSIX and Windows when both paths are on one file system (hence the same
-    folder): a reader sees the old file or the new one, never half of one. If anything fails before the
-    rename, the temporary file is removed and the previous checkpoint is untouched.
-    """
+    """``torch.save`` through :func:`llmscratch.utils.atomic_write`: a crash mid-save leaves the old file intact."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_write(path) as f:
+        torch.save(obj, f)
     return path
 
 
