@@ -207,11 +207,7 @@ def chunk_sweep(rounds: int) -> None:
            **{f"fused, chunk_size={c}": (lambda c=c: run(c)) for c in (128, 256, 512, 1024)}}
     for fn in fns.values():
         fn()
-    times = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            times[name].append(timed(fn, 1))
-    med = {name: statistics.median(t) for name, t in times.items()}
+    med, _ = interleaved_medians(fns, rounds)
     ref = med["unfused: F.linear + F.cross_entropy"]
     print(f"\n### LM head + cross-entropy alone ({n} tokens, forward + backward)\n")
     print("| variant | ms | unfused / this |")
@@ -220,11 +216,18 @@ def chunk_sweep(rounds: int) -> None:
         print(f"| {name} | {t * 1e3:.0f} | {ref / t:.2f}x |")
 
 
-def timed(fn, steps):
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    return (time.perf_counter() - t0) / steps
+def interleaved_medians(fns: dict, rounds: int, steps: int = 1) -> tuple[dict, dict]:
+    """Time each function ``steps`` calls per round, the contenders taking turns each round (so drifting machine
+    load hits all alike). Returns ({name: median seconds per call}, {name: last return value})."""
+    times = {name: [] for name in fns}
+    outs = {}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                outs[name] = fn()
+            times[name].append((time.perf_counter() - t0) / steps)
+    return {name: statistics.median(t) for name, t in times.items()}, outs
 
 
 def main():
@@ -256,11 +259,7 @@ def main():
         steps = {name: train_step_fn(loss_fn, opt, x, y) for name, (loss_fn, opt) in runs.items()}
         for fn in steps.values():  # warm-up: allocator, optimizer state, kernels
             fn()
-        times = {name: [] for name in steps}
-        for _ in range(args.rounds):
-            for name, fn in steps.items():
-                times[name].append(timed(fn, args.steps))
-        med = {name: statistics.median(t) for name, t in times.items()}
+        med, _ = interleaved_medians(steps, args.rounds, args.steps)
         ref = med[next(iter(med))]
         print("\n### Training (forward + loss + backward + optimizer step), tokens/s\n")
         print("| model | ms / step | tokens/s | ours / this |")
@@ -295,15 +294,8 @@ def main():
         }
         for fn in runs.values():  # short warm-up
             fn(4)
-        times = {name: [] for name in runs}
-        outs = {}
-        for _ in range(max(2, args.rounds // 2)):
-            for name, fn in runs.items():
-                t0 = time.perf_counter()
-                outs[name] = fn()
-                times[name].append(time.perf_counter() - t0)
+        med, outs = interleaved_medians(runs, max(2, args.rounds // 2))
         same = all(torch.equal(outs["ours, KV cache"], o) for o in outs.values())
-        med = {name: statistics.median(t) for name, t in times.items()}
         ref = med["ours, KV cache"]
         print(f"\n### Greedy generation, {n} new tokens, batch 1 (outputs identical: {same})\n")
         print("| run | s | tokens/s | ours (cache) / this |")
