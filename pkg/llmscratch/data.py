@@ -25,7 +25,6 @@ import os
 import random
 import re
 import tarfile
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -379,30 +378,26 @@ def _download(urls: Iterable[str], dest: Path, sha256: str, retries: int = 2, ti
     if os.environ.get(OFFLINE_ENV, "").lower() in ("1", "true", "yes"):
         raise DataNotFoundError(f"{dest.name} is not on disk and ${OFFLINE_ENV} forbids downloads")
     errors = []
-    dest.parent.mkdir(parents=True, exist_ok=True)
     for url in urls:
         for attempt in range(retries + 1):
-            fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
             try:
-                h = hashlib.sha256()
-                request = urllib.request.Request(url, headers={"User-Agent": "llmscratch-data/1.0"})
-                with urllib.request.urlopen(request, timeout=timeout) as resp, os.fdopen(fd, "wb") as out:
-                    while block := resp.read(1 << 20):
-                        h.update(block)
-                        out.write(block)
-                if h.hexdigest() != sha256:
-                    raise ChecksumError(
-                        f"download of {url} has sha256 {h.hexdigest()[:16]}..., expected {sha256[:16]}...; "
-                        "nothing was cached. The server may have changed the file: report it, or place a "
-                        f"verified copy under ${DATA_ENV}."
-                    )
-                os.replace(tmp, dest)
+                # atomic_write renames into place only when the block finishes: a failed or corrupted download
+                # (the ChecksumError below) leaves no file under dest's name.
+                with atomic_write(dest) as out:
+                    h = hashlib.sha256()
+                    request = urllib.request.Request(url, headers={"User-Agent": "llmscratch-data/1.0"})
+                    with urllib.request.urlopen(request, timeout=timeout) as resp:
+                        while block := resp.read(1 << 20):
+                            h.update(block)
+                            out.write(block)
+                    if h.hexdigest() != sha256:
+                        raise ChecksumError(
+                            f"download of {url} has sha256 {h.hexdigest()[:16]}..., expected {sha256[:16]}...; "
+                            "nothing was cached. The server may have changed the file: report it, or place a "
+                            f"verified copy under ${DATA_ENV}."
+                        )
                 return dest
-            except ChecksumError:
-                Path(tmp).unlink(missing_ok=True)
-                raise
             except (urllib.error.URLError, OSError, TimeoutError) as err:
-                Path(tmp).unlink(missing_ok=True)
                 errors.append(f"{url}: {err}")
                 if attempt < retries:
                     time.sleep(1.0 * (attempt + 1))
