@@ -245,3 +245,12 @@ def test_svg_problems_are_found(tmp_path):
 def test_svg_is_well_formed_and_offline(path):
     problems = svg_problems(path)
     assert not problems, f"{_id(path)}: " + "; ".join(problems)
+
+
+def test_template_has_the_standard_parts():
+    """templates/chapter.ipynb is where a new chapter starts: it carries the headings and the hiding tags."""
+    template = REPO / "templates" / "chapter.ipynb"
+    found = sections(_markdown(template))
+    missing = [h for h in REQUIRED_HEADINGS if h not in found]
+    assert not missing, f"templates/chapter.ipynb lacks the headings: {missing}"
+    test_setup_and_parameters_cells_are_hidden_on_the_page(template)
