@@ -18,9 +18,9 @@ import re
 import xml.etree.ElementTree as ET
 
 import pytest
-import yaml
 
 from conftest import REPO, notebooks
+from test_book import toc_files
 from llmscratch.notebooks import PARAMETERS_TAG, SETUP_TAG, read_notebook, setup_cell_source
 
 BOOK = REPO / "book"
@@ -99,16 +99,6 @@ def figures(markdown: str) -> list[tuple[str, str]]:
     return found
 
 
-def _toc_order() -> list[str]:
-    toc = yaml.safe_load((REPO / "_toc.yml").read_text())
-    files = [toc["root"]]
-    for part in toc.get("parts", []):
-        for chapter in part.get("chapters", []):
-            files.append(chapter["file"])
-            files += [s["file"] for s in chapter.get("sections", [])]
-    return files
-
-
 # --- the checks themselves, tested on small made-up inputs (a check that cannot fail is a defect) -----------
 
 
@@ -156,7 +146,7 @@ def test_setup_and_parameters_cells_are_hidden_on_the_page(path):
 @pytest.mark.parametrize("path", CHAPTERS, ids=_id)
 def test_chapter_title_is_numbered(path):
     number = int(re.match(r"ch(\d+)_", path.name).group(1))
-    siblings = [f for f in _toc_order() if re.match(rf"book/ch{number:02d}_", f)]
+    siblings = [f for f in toc_files() if re.match(rf"book/ch{number:02d}_", f)]
     name = f"book/{path.stem}"
     assert name in siblings, f"{_id(path)} is not listed in _toc.yml"
     label = f"{number}{'abcdefgh'[siblings.index(name)]}" if len(siblings) > 1 else f"{number}"
