@@ -730,6 +730,7 @@ class Trainer:
         # unfinished fit call started (None when no fit is under way), so that repeating that call resumes it.
         self._batches_done = 0
         self._epoch_rng: dict | None = None
+        self._exhausted = False  # the epoch's iterator has raised StopIteration (before a short last group)
         self._run_origin: int | None = None
 
     # ---- one optimizer step ----------------------------------------------------------------------------------
@@ -936,7 +937,7 @@ class Trainer:
         states (dropout masks continue where they were)."""
         sampler = getattr(self.train_loader, "sampler", None)
         if self._batches_done == 0 or self._epoch_rng is None:
-            self._batches_done = 0
+            self._batches_done, self._exhausted = 0, False
             self._epoch_rng = _rng_state([self.train_loader])
             if hasattr(sampler, "set_epoch"):  # DistributedSampler: its shuffle is seeded by seed + epoch
                 sampler.set_epoch(self.epoch)
@@ -954,6 +955,12 @@ class Trainer:
                     f"the training loader gave only {i} batches this epoch, but {self._batches_done} were already "
                     "trained on: resume with the same data, batch_size and drop_last as the saved run"
                 ) from None
+        if self._exhausted:
+            # The saved run had already hit the end (a short last group was pending); ending an iterator can
+            # draw from the generators too (RandomSampler does), so end it here as well.
+            for _ in batches:
+                pass
+            batches = iter(())
         _set_rng_state(now, [self.train_loader])
         return batches
 
@@ -971,6 +978,7 @@ class Trainer:
                 exhausted = False
                 break
         else:
+            self._exhausted = True
             if buffer:
                 self._optimizer_step(buffer, bar)  # a short last group: still one step, mean over what is there
         if not exhausted and (n_batches is None or self._batches_done < n_batches):
@@ -978,7 +986,7 @@ class Trainer:
         if not self.history.steps or self.history.steps[-1] != self.step:
             self.evaluate()
         self.epoch += 1
-        self._batches_done, self._epoch_rng = 0, None
+        self._batches_done, self._epoch_rng, self._exhausted = 0, None, False
         if self.callback is not None:
             self.callback(self)
 
@@ -1005,7 +1013,7 @@ class Trainer:
             epoch=self.epoch, tokens_seen=self.tokens_seen, total_steps=self.total_steps,
             scaler=self.scaler.state_dict(), history=self.history.to_dict(), best_val=self.best_val,
             rng=_rng_state([self.train_loader]),
-            position={"batches_done": self._batches_done, "epoch_rng": self._epoch_rng,
+            position={"batches_done": self._batches_done, "epoch_rng": self._epoch_rng, "exhausted": self._exhausted,
                       "run_origin": self._run_origin, "accumulation_steps": self.accumulation_steps,
                       "n_batches": self._n_batches()},
         )
@@ -1050,6 +1058,7 @@ class Trainer:
             self.history = History.from_dict(ckpt["history"])
         self._batches_done = position.get("batches_done", 0)
         self._epoch_rng = position.get("epoch_rng")
+        self._exhausted = bool(position.get("exhausted", False))
         self._run_origin = position.get("run_origin")
         if restore_rng and ckpt.get("rng"):
             _set_rng_state(ckpt["rng"], [self.train_loader])
