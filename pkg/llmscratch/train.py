@@ -38,6 +38,7 @@ import pickle
 import random
 import time
 import types
+import warnings
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -644,6 +645,25 @@ def _set_rng_state(state: dict, loaders: Iterable = ()) -> None:
             g.set_state(s.cpu())
 
 
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(total: int | None, show: bool):
+    if not show:  # a disabled tqdm still makes a multiprocessing lock; none at all is lighter
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="training", unit="step")
+
+
 class Trainer:
     """A training loop with evaluation, AdamW, clipping, warmup+cosine, autocast, accumulation and checkpoints.
 
@@ -732,6 +752,8 @@ class Trainer:
         self._epoch_rng: dict | None = None
         self._exhausted = False  # the epoch's iterator has raised StopIteration (before a short last group)
         self._run_origin: int | None = None
+        self._call: tuple[int, int | None] | None = None  # (epochs, max_steps) of the latest fit call
+        self._finished_call: tuple[int, int | None] | None = None  # set by load_checkpoint: see fit
 
     # ---- one optimizer step ----------------------------------------------------------------------------------
 
@@ -868,8 +890,10 @@ class Trainer:
         until then (stopped by ``max_steps``, an exception, or a killed process resumed with
         :meth:`load_checkpoint`) the next ``fit`` call continues it, mid-epoch included: the same
         ``fit(epochs=E, max_steps=N)`` call as the interrupted run ends exactly where an uninterrupted run
-        would. Once a run is finished, ``fit(1)`` trains one more epoch. Steps, tokens, the learning-rate
-        schedule and the history carry on.
+        would. Once a run is finished, ``fit(1)`` trains one more epoch; only right after
+        :meth:`load_checkpoint` of a checkpoint written at the end of a finished run, repeating the call that
+        finished it does nothing (with a warning), so a script that loads ``last.pt`` and calls ``fit`` can be
+        re-run after any interruption. Steps, tokens, the learning-rate schedule and the history carry on.
 
         With ``checkpoint_dir``, ``last.pt`` is written every ``checkpoint_every`` steps and when ``fit`` returns.
         """
@@ -881,8 +905,16 @@ class Trainer:
         n_batches = self._n_batches()
         if n_batches == 0:
             raise ValueError("the training loader is empty: use a smaller batch_size or drop_last=False, or more data")
+        finished_call, self._finished_call = self._finished_call, None
+        if finished_call == (epochs, max_steps):
+            warnings.warn(
+                f"fit(epochs={epochs}, max_steps={max_steps}) is the call that finished the run of the checkpoint "
+                "just loaded: nothing is left to train (re-running a resume script is safe). Call fit again to "
+                "train more", stacklevel=2)
+            return self.history
         if self._run_origin is None:
             self._run_origin = self.epoch
+        self._call = (epochs, max_steps)
         target = self._run_origin + epochs
         planned = None
         if n_batches is not None:
@@ -899,17 +931,15 @@ class Trainer:
         if self.schedule == "cosine" and self.total_steps is None:
             raise ValueError("the cosine schedule needs a loader with len() or max_steps")
 
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=max(0, planned - self.step) if planned is not None else None, disable=not self.progress,
-                   desc="training", unit="step")
+        bar = _progress_bar(max(0, planned - self.step) if planned is not None else None, self.progress)
         start = time.perf_counter()
         try:
             while self.epoch < target and not self._reached(max_steps):
                 self._train_epoch(max_steps, n_batches, bar)
             if self.epoch < target and (not self.history.steps or self.history.steps[-1] != self.step):
                 self.evaluate()  # stopped by max_steps inside an epoch: record where it stopped
-            if self.epoch >= target:
+            finished = self.epoch >= target
+            if finished:
                 self._run_origin = None  # the run is finished; the next fit starts a new one
             if self.checkpoint_dir is not None:
                 self.save_checkpoint(self.checkpoint_dir / "last.pt")
@@ -1014,7 +1044,9 @@ class Trainer:
             scaler=self.scaler.state_dict(), history=self.history.to_dict(), best_val=self.best_val,
             rng=_rng_state([self.train_loader]),
             position={"batches_done": self._batches_done, "epoch_rng": self._epoch_rng, "exhausted": self._exhausted,
-                      "run_origin": self._run_origin, "accumulation_steps": self.accumulation_steps,
+                      "run_origin": self._run_origin,
+                      "call": list(self._call) if self._call is not None else None,
+                      "accumulation_steps": self.accumulation_steps,
                       "n_batches": self._n_batches()},
         )
 
@@ -1046,7 +1078,15 @@ class Trainer:
                 f"{path.name} stopped inside an epoch of {saved_batches} batches, and this training loader has "
                 f"{n_batches}: resume with the same data, batch_size and drop_last"
             )
-        _load_into(ckpt, path, self.model, self.optimizer)
+        saved_generators = len((ckpt.get("rng") or {}).get("loaders", []))
+        generators = len(_loader_generators(self.train_loader))
+        if "loaders" in (ckpt.get("rng") or {}) and saved_generators != generators:
+            raise CheckpointMismatchError(
+                f"{path.name} holds the state of {saved_generators} data-loader generator(s) and this training "
+                f"loader has {generators}: build the loader as in the saved run (the same shuffle= and "
+                "generator=) so that its order can be replayed"
+            )
+        _load_into(ckpt, path, self.model, self.optimizer)  # every check passed: now change the trainer
         self.step = ckpt["step"]
         self.epoch = ckpt.get("epoch", 0)
         self.tokens_seen = ckpt.get("tokens_seen", 0)
@@ -1060,6 +1100,9 @@ class Trainer:
         self._epoch_rng = position.get("epoch_rng")
         self._exhausted = bool(position.get("exhausted", False))
         self._run_origin = position.get("run_origin")
+        call = position.get("call")
+        # A checkpoint written when its fit call had finished: repeating that very call must not train again.
+        self._finished_call = tuple(call) if call is not None and self._run_origin is None else None
         if restore_rng and ckpt.get("rng"):
             _set_rng_state(ckpt["rng"], [self.train_loader])
         return ckpt
