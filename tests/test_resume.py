@@ -153,6 +153,10 @@ def test_resume_needs_the_same_loader_and_accumulation(tmp_path):
     shorter.train_loader = DataLoader(_data(40), batch_size=4, shuffle=True, generator=torch.Generator())
     with pytest.raises(ValueError, match="epoch of 11 batches, and this training loader has 10"):
         shorter.load_checkpoint(path)
+    lower_lr = _trainer("A")
+    lower_lr.lr = 1e-3
+    with pytest.warns(UserWarning, match=r"other training settings: lr 0\.001 \(saved run: 0\.005\)"):
+        lower_lr.load_checkpoint(path)
     unseeded = _trainer("A")
     unseeded.train_loader = DataLoader(_data(44), batch_size=4, shuffle=True)
     with pytest.raises(ValueError, match="1 data-loader generator.*has 0"):

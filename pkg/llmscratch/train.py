@@ -19,13 +19,26 @@ What the loop does, and why (Raschka, *Build a Large Language Model (From Scratc
   with steps, tokens seen and the learning rate; an optional **callback** at the end of every epoch (for
   example :func:`sample_callback`, which prints a generated sample);
 - **checkpoints** written atomically (temporary file, then ``os.replace``), so a crash while saving never
-  destroys the previous checkpoint; loading checks the checkpoint against the model and names what differs.
+  destroys the previous checkpoint. They describe themselves (model class, config, a sha256 per tensor): loading
+  names the config field or tensor that differs, and notices a flipped bit. ``Trainer(checkpoint_dir=...,
+  checkpoint_every=k)`` keeps ``last.pt`` (and ``best.pt``) with the position inside the epoch and every
+  random-number state, so a killed run resumed with ``load_checkpoint`` and the same ``fit`` call ends with the
+  very weights of an uninterrupted run (bit for bit on the CPU);
+- a **non-finite loss** stops training *before* the optimizer step, naming the cause (NaN inputs, a batch whose
+  targets are all ignored, overflowing logits).
 
 Usage::
 
     from llmscratch.train import train
     history = train(model, train_loader, val_loader, epochs=10, lr=4e-4, eval_every=5)
     history.plot()
+
+A script that survives being killed (run it again, unchanged, after a crash)::
+
+    trainer = Trainer(model, train_loader, val_loader, checkpoint_dir="ckpt", checkpoint_every=50)
+    if Path("ckpt/last.pt").exists():
+        trainer.load_checkpoint("ckpt/last.pt")
+    trainer.fit(epochs=10)
 """
 
 from __future__ import annotations
@@ -938,8 +951,7 @@ class Trainer:
                 self._train_epoch(max_steps, n_batches, bar)
             if self.epoch < target and (not self.history.steps or self.history.steps[-1] != self.step):
                 self.evaluate()  # stopped by max_steps inside an epoch: record where it stopped
-            finished = self.epoch >= target
-            if finished:
+            if self.epoch >= target:
                 self._run_origin = None  # the run is finished; the next fit starts a new one
             if self.checkpoint_dir is not None:
                 self.save_checkpoint(self.checkpoint_dir / "last.pt")
@@ -1034,6 +1046,10 @@ class Trainer:
 
     # ---- checkpoints -----------------------------------------------------------------------------------------
 
+    def _settings(self) -> dict:
+        return {"lr": self.lr, "warmup_steps": self.warmup_steps, "schedule": self.schedule, "min_lr": self.min_lr,
+                "grad_clip": self.grad_clip, "precision": str(self.amp_dtype).replace("torch.", "")}
+
     def save_checkpoint(self, path: str | Path) -> Path:
         """Everything needed to continue exactly, written atomically: model (class, config, weights), optimizer,
         grad scaler, counters, schedule, history, the position inside the epoch (micro-batches trained on and
@@ -1043,6 +1059,7 @@ class Trainer:
             epoch=self.epoch, tokens_seen=self.tokens_seen, total_steps=self.total_steps,
             scaler=self.scaler.state_dict(), history=self.history.to_dict(), best_val=self.best_val,
             rng=_rng_state([self.train_loader]),
+            settings=self._settings(),
             position={"batches_done": self._batches_done, "epoch_rng": self._epoch_rng, "exhausted": self._exhausted,
                       "run_origin": self._run_origin,
                       "call": list(self._call) if self._call is not None else None,
@@ -1087,6 +1104,11 @@ class Trainer:
                 "generator=) so that its order can be replayed"
             )
         _load_into(ckpt, path, self.model, self.optimizer)  # every check passed: now change the trainer
+        changed = [f"{k} {v!r} (saved run: {ckpt['settings'][k]!r})" for k, v in self._settings().items()
+                   if k in (ckpt.get("settings") or {}) and ckpt["settings"][k] != v]
+        if changed:  # allowed (e.g. a lower lr after a divergence), but then the run is not the saved one
+            warnings.warn(f"resuming {path.name} with other training settings: {', '.join(changed)}; training "
+                          "continues, but not as the saved run would have", stacklevel=2)
         self.step = ckpt["step"]
         self.epoch = ckpt.get("epoch", 0)
         self.tokens_seen = ckpt.get("tokens_seen", 0)
