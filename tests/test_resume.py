@@ -265,13 +265,14 @@ def test_sigkilled_training_resumes_bit_identically(tmp_path):
     ctx.set_forkserver_preload(["torch", "torch._dynamo", "llmscratch.train", "test_resume"])
     rng = random.Random(int(os.environ.get("RESUME_TEST_SEED", "2026")))
     start = time.perf_counter()
-    totals = {"chains": 0, "kills": 0, "kills_mid_save": 0, "bit_identical": 0, "orphans_removed": 0}
+    totals = {"chains": 0, "processes": 0, "kills": 0, "kills_mid_save": 0, "bit_identical": 0,
+              "orphans_removed": 0}
     for run in RUNS:
         ref_out = tmp_path / f"ref-{run}.pt"
         last_step = 18 if run == "A" else 20
         _run_chain(ctx, run, tmp_path / f"ref-{run}", ref_out, [], last_step, rng)
         reference = torch.load(ref_out, weights_only=True)
-        for chain in range(2):
+        for chain in range(3):
             steps = sorted(rng.sample(range(1, last_step - 3), 3))
             in_save = rng.choice(steps)  # one kill per chain lands in the middle of writing a checkpoint
             kills = [("saving" if s == in_save else "step", s) for s in steps]
@@ -282,6 +283,7 @@ def test_sigkilled_training_resumes_bit_identically(tmp_path):
             assert sorted(p.name for p in folder.iterdir()) == ["best.pt", "last.pt"]  # ... and it is gone
             totals["chains"] += 1
             totals["kills"] += stats["kills"]
+            totals["processes"] += stats["restarts"] + 1
             totals["kills_mid_save"] += stats["kills_mid_save"]
             totals["orphans_removed"] += stats["orphans_left_by_kills"]
             same = _same(torch.load(out, weights_only=True), reference)
