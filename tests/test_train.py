@@ -30,6 +30,16 @@ from llmscratch.train import (
 VOCAB, SEQ = 17, 8
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # These models are tiny: one thread is as fast on a quiet machine and far faster on a loaded one (two
+    # threads on two busy cores spin-wait; a 1 s training run took 25 s). Results do not depend on it.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class TinyLM(nn.Module):
     """ids (batch, seq) -> logits (batch, seq, vocab): embedding, a position-wise MLP with dropout, tied head."""
 
@@ -397,8 +407,11 @@ def test_checkpoint_mismatch_names_the_tensor(tmp_path):
     path = save_checkpoint(tmp_path / "c.pt", _model(), step=3)
     with pytest.raises(CheckpointMismatchError, match=r"mlp\.0\.weight: checkpoint \(32, 16\) vs model \(32, 24\)"):
         load_checkpoint(path, _other_width_model())
-    with pytest.raises(CheckpointMismatchError, match="missing in checkpoint"):
+    # another class: named first; check_config=False goes on to the tensors, which name what is missing
+    with pytest.raises(CheckpointMismatchError, match=r"saved from a \S*TinyLM.*this model is a \S*\.Sequential"):
         load_checkpoint(path, nn.Sequential(_model(), nn.Linear(2, 2)))
+    with pytest.raises(CheckpointMismatchError, match="missing in checkpoint"):
+        load_checkpoint(path, nn.Sequential(_model(), nn.Linear(2, 2)), check_config=False)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         load_checkpoint(tmp_path / "nope.pt", _model())
     with pytest.raises(ValueError, match="no optimizer state"):
@@ -443,3 +456,178 @@ def test_history_round_trips_through_a_dict():
     assert History.from_dict(h.to_dict()) == h
     with pytest.raises(ValueError, match="nothing to plot"):
         History().plot()
+
+
+# ---- checkpoints that describe themselves ------------------------------------------------------------------
+
+
+def _gpt(**overrides):
+    torch.manual_seed(0)
+    base = dict(vocab_size=50, context_length=16, d_model=32, n_heads=4, n_layers=2)
+    return GPTModel(GPTConfig(**{**base, **overrides}))
+
+
+@pytest.mark.parametrize("field, saved, other", [("n_heads", 4, 8), ("layer_norm_eps", 1e-5, 1e-6),
+                                                 ("tie_weights", True, False)])
+def test_a_checkpoint_names_the_config_field_that_differs(tmp_path, field, saved, other):
+    path = save_checkpoint(tmp_path / "gpt.pt", _gpt(**{field: saved}))
+    ckpt = load_checkpoint(path)  # no model: read and verify only
+    assert ckpt["model_class"] == "llmscratch.models.gpt.GPTModel" and ckpt["config"][field] == saved
+    # n_heads and layer_norm_eps leave every tensor shape unchanged: only the config check can see them
+    with pytest.raises(CheckpointMismatchError, match=rf"{field}: checkpoint {saved!r} vs model {other!r}"):
+        load_checkpoint(path, _gpt(**{field: other}))
+    model = _gpt(**{field: saved})
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    load_checkpoint(path, model)  # the saved config loads, and with the saved weights
+    for a, b in zip(model.state_dict().values(), _gpt(**{field: saved}).state_dict().values()):
+        assert torch.equal(a, b)
+    # rebuilding the model from the checkpoint's own config, as the message says
+    load_checkpoint(path, GPTModel(GPTConfig(**ckpt["config"])))
+    # dropout is a training-time choice: fine-tuning with another dropout loads
+    load_checkpoint(path, _gpt(**{field: saved}, dropout=0.1))
+
+
+def test_check_config_false_loads_fitting_tensors_despite_another_config(tmp_path):
+    path = save_checkpoint(tmp_path / "gpt.pt", _gpt(n_heads=4))
+    model = _gpt(n_heads=8)
+    load_checkpoint(path, model, check_config=False)
+    assert torch.equal(model.tok_emb.weight, _gpt(n_heads=4).tok_emb.weight)
+
+
+def _flip_one_byte_in_a_tensor(path):
+    """Flip a byte inside the stored bytes of the largest tensor (torch.save writes a zip of raw storages)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    raw = bytearray(path.read_bytes())
+    name_len, extra_len = int.from_bytes(raw[info.header_offset + 26: info.header_offset + 28], "little"), \
+        int.from_bytes(raw[info.header_offset + 28: info.header_offset + 30], "little")
+    start = info.header_offset + 30 + name_len + extra_len  # storages are stored uncompressed
+    raw[start + info.file_size // 2] ^= 0x10
+    path.write_bytes(bytes(raw))
+
+
+def test_a_flipped_byte_in_a_tensor_is_detected(tmp_path):
+    path = save_checkpoint(tmp_path / "gpt.pt", _gpt())
+    _flip_one_byte_in_a_tensor(path)
+    torch.load(path, weights_only=True)  # PyTorch itself reads it without complaint
+    with pytest.raises(T.CheckpointCorruptError, match=r"gpt\.pt is corrupted: 1 tensor\(s\) differ from the sha256 "
+                       r"recorded when it was saved \(model\.blocks\.\d\.ff\.\w+\.weight\)"):
+        load_checkpoint(path, _gpt())
+
+
+def test_unreadable_files_get_a_clear_message(tmp_path):
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(T.CheckpointCorruptError, match="is empty \\(0 bytes\\)"):
+        load_checkpoint(empty, _model())
+    noise = tmp_path / "noise.pt"
+    noise.write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0),
+                                    dtype=torch.uint8).numpy().tobytes())
+    with pytest.raises(T.CheckpointCorruptError, match="not a checkpoint: torch.save writes a zip archive"):
+        load_checkpoint(noise, _model())
+    truncated = tmp_path / "truncated.pt"
+    whole = save_checkpoint(tmp_path / "whole.pt", _model()).read_bytes()
+    truncated.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(T.CheckpointCorruptError, match="truncated"):
+        load_checkpoint(truncated, _model())
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"model": _model().state_dict(), "extra": History()}, pickled)  # a Python object inside
+    with pytest.raises(T.CheckpointCorruptError, match="never runs code") as err:
+        load_checkpoint(pickled, _model())
+    assert "weights_only=False" not in str(err.value) and err.value.__cause__ is None
+    bare = tmp_path / "bare.pt"
+    torch.save(_model().state_dict(), bare)
+    with pytest.raises(ValueError, match=r"bare state dict.*model\.load_state_dict\(torch\.load"):
+        load_checkpoint(bare, _model())
+
+
+def test_trainer_load_checkpoint_of_weights_only_says_what_to_call(tmp_path):
+    path = save_checkpoint(tmp_path / "weights.pt", _model())
+    trainer = Trainer(_model(seed=3), _loader(), progress=False, device="cpu")
+    with pytest.raises(ValueError, match=r"weights only.*llmscratch\.train\.load_checkpoint\(path, trainer\.model\)"):
+        trainer.load_checkpoint(path)
+    T.load_checkpoint(path, trainer.model)  # what the message says works
+    assert torch.equal(trainer.model.emb.weight, _model().emb.weight)
+
+
+def test_checkpoint_dir_writes_last_and_best(tmp_path):
+    with pytest.raises(ValueError, match="need checkpoint_dir"):
+        Trainer(_model(), _loader(), checkpoint_every=2)
+    with pytest.raises(ValueError, match="pass a val_loader"):
+        Trainer(_model(), _loader(), checkpoint_dir=tmp_path, keep_best=True)
+    saves = []
+    trainer = Trainer(_model(), _loader(), _loader(n=8), lr=1e-2, eval_every=2, progress=False, device="cpu",
+                      checkpoint_dir=tmp_path, checkpoint_every=4, keep_best=True)
+    real = trainer.save_checkpoint
+    trainer.save_checkpoint = lambda p: saves.append((trainer.step, p.name)) or real(p)
+    trainer.fit(2)  # 12 steps
+    assert [s for s, name in saves if name == "last.pt"] == [4, 8, 12, 12]  # every 4 steps, and at the end
+    best = load_checkpoint(tmp_path / "best.pt", _model())
+    assert best["best_val"] == min(v for v in trainer.history.val_loss)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
+    assert os.stat(tmp_path / "last.pt").st_mode & 0o044  # the user's umask, not 0600
+
+
+# ---- a non-finite loss is caught before the optimizer step -------------------------------------------------
+
+
+def _step_fails(trainer, batch, match):
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    state = (trainer.step, trainer.tokens_seen, len(trainer.history.step_loss))
+    with pytest.raises(FloatingPointError, match=match) as err:
+        trainer.train_step(batch)
+    assert "learning rate" not in str(err.value) or "diverged" in str(err.value)
+    for k, v in trainer.model.state_dict().items():
+        assert torch.equal(v, before[k]) and torch.isfinite(v).all()
+    assert (trainer.step, trainer.tokens_seen, len(trainer.history.step_loss)) == state
+    assert all(p.grad is None for p in trainer.model.parameters())
+    return str(err.value)
+
+
+def test_nan_inputs_are_named_as_the_cause_and_the_weights_stay():
+    clf = nn.Linear(5, 3)
+    trainer = Trainer(clf, [], progress=False, device="cpu")
+    x, y = torch.randn(6, 5), torch.tensor([0, 1, 2, 0, 1, 2])
+    x[2, 3] = float("nan")
+    x[4, 0] = float("inf")
+    msg = _step_fails(trainer, [(x, y)], r"inputs contain 2 NaN/inf value\(s\) out of 30")
+    assert "optimizer step 1" in msg and "weights were not updated" in msg
+    # in the 2nd micro-batch of an accumulated step, after the 1st one's backward: nothing of it may remain
+    good = torch.randn(6, 5)
+    _step_fails(trainer, [(good, y), (x, y)], r"micro-batch 2 of 2 of optimizer step 1: its inputs")
+    assert trainer.train_step([(good, y)]) > 0  # and the trainer goes on
+
+
+def test_a_batch_of_only_ignored_targets_is_named_as_the_cause():
+    trainer = Trainer(_model(), [], progress=False, device="cpu")
+    x, y = next(iter(_loader()))
+    _step_fails(trainer, [(x, torch.full_like(y, -100))], r"every target in it is ignore_index \(-100\)")
+    # the same through GPTModel's fused loss method
+    gpt = Trainer(_gpt(), [], progress=False, device="cpu")
+    ids = torch.randint(0, 50, (2, 9))
+    _step_fails(gpt, [(ids[:, :-1], torch.full((2, 8), -100))], "every target in it is ignore_index")
+
+
+def test_overflowing_outputs_and_broken_weights_are_told_apart():
+    class Blowup(nn.Module):  # finite weights, logits that overflow: what a diverging run looks like
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.lin(x) * 1e38 * 1e38
+
+    x, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
+    _step_fails(Trainer(Blowup(), [], progress=False, device="cpu"), [(x, y)],
+                r"outputs \(logits\) overflow to NaN/inf although its inputs and weights are finite: training "
+                r"diverged\. Lower the learning rate")
+    broken = nn.Linear(4, 3)
+    trainer = Trainer(broken, [], progress=False, device="cpu")
+    with torch.no_grad():
+        broken.weight[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"weights were already non-finite before this step \(weight\)"):
+        trainer.train_step([(x, y)])

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import random
+import signal
+import stat
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -89,3 +95,65 @@ def test_atomic_write_replaces_whole_or_not_at_all(tmp_path):
     with pytest.raises(ValueError, match="mode must contain 'w'"):
         with utils.atomic_write(target, "r"):
             pass
+
+
+@pytest.mark.parametrize("umask, expected", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_write_keeps_the_users_umask(tmp_path, umask, expected):
+    old = os.umask(umask)
+    try:
+        with utils.atomic_write(tmp_path / "new.bin") as f:
+            f.write(b"x")
+        # the reference: what a plain open() creates under the same umask
+        with open(tmp_path / "plain.bin", "wb") as f:
+            f.write(b"x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "new.bin").stat().st_mode) == expected
+    assert stat.S_IMODE((tmp_path / "plain.bin").stat().st_mode) == expected
+
+
+def test_atomic_write_keeps_the_mode_of_the_file_it_replaces(tmp_path):
+    target = tmp_path / "shared.csv"
+    target.write_text("old")
+    target.chmod(0o640)
+    with utils.atomic_write(target, "w", encoding="utf-8") as f:
+        f.write("new")
+    assert target.read_text() == "new" and stat.S_IMODE(target.stat().st_mode) == 0o640
+
+
+_KILLED_WRITER = """
+import os, signal, sys
+from llmscratch.utils import atomic_write
+with atomic_write(sys.argv[1]) as f:
+    f.write(b"half of a file")
+    f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)  # killed mid-write: no except/finally runs
+"""
+
+
+@pytest.mark.skipif(os.name == "nt", reason="SIGKILL is POSIX")
+def test_a_write_killed_by_sigkill_leaves_an_orphan_that_the_next_write_removes(tmp_path):
+    target = tmp_path / "data.csv.gz"
+    target.write_bytes(b"old")
+    proc = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(target)], capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    orphans = [p for p in tmp_path.iterdir() if p.name != target.name]
+    assert len(orphans) == 1 and orphans[0].read_bytes() == b"half of a file"
+    assert target.read_bytes() == b"old"  # the kill never reached the rename
+
+    # temporary files that must survive: a live writer's (this process), another machine's (a shared disk)
+    live = tmp_path / f".data.csv.gz.~{os.getpid()}@{utils._host_tag()}.abcd1234.tmp"
+    other_host = tmp_path / ".data.csv.gz.~1@00000000.abcd1234.tmp"
+    unrelated = tmp_path / ".other.txt.~1@00000000.abcd1234.tmp"
+    for p in (live, other_host, unrelated):
+        p.write_bytes(b"busy")
+    with utils.atomic_write(target) as f:  # the next start writes the file again
+        f.write(b"new")
+    assert target.read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [target.name, live.name, other_host.name, unrelated.name])
+    # a day-old temporary file of another machine counts as an orphan
+    os.utime(other_host, (time.time() - 2 * 86400,) * 2)
+    assert utils.remove_orphaned_temp_files(folder=tmp_path) == [other_host]
+    with pytest.raises(ValueError, match="exactly one"):
+        utils.remove_orphaned_temp_files()

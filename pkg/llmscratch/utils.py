@@ -10,18 +10,25 @@ One place for these, so that a notebook's second cell reads the same in every ch
 from __future__ import annotations
 
 import contextlib
+import glob
+import hashlib
 import os
 import platform
 import random
+import re
+import socket
+import stat
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import IO, Any, Iterator
 
 import numpy as np
 import torch
 
-__all__ = ["atomic_write", "seed_everything", "get_device", "autocast_dtype", "autocast", "env_report", "format_env_report", "in_colab"]
+__all__ = ["atomic_write", "remove_orphaned_temp_files", "seed_everything", "get_device", "autocast_dtype", "autocast", "env_report", "format_env_report", "in_colab"]
 
 
 def seed_everything(seed: int = 123, deterministic: bool = False) -> int:
@@ -147,6 +154,88 @@ def format_env_report(device: str | torch.device = "auto") -> str:
     return "\n".join(f"{k:<{width}} : {v}" for k, v in report.items())
 
 
+# Temporary files of atomic_write are named ".<target>.~<pid>@<host>.<random>.tmp": the writer's process id and a
+# short hash of the machine's name let a later write tell an orphan (its writer was killed, e.g. by SIGKILL or a
+# power cut, so its ``except`` never ran) from a file that a live process is still writing.
+_TMP_MARK = "~"
+
+
+def _host_tag() -> str:
+    return hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+_ORPHAN_AGE_S = 24 * 3600.0  # where liveness cannot be checked (other host, Windows): older than a day
+
+
+def remove_orphaned_temp_files(target: str | Path | None = None, folder: str | Path | None = None) -> list[Path]:
+    """Delete temporary files that :func:`atomic_write` left behind when its process was killed mid-write.
+
+    Give ``target`` (the file being written: only its own temporary files are looked at) or ``folder`` (every
+    file written atomically in it). A temporary file is an orphan when the process that wrote it, on this
+    machine, no longer exists; files of live writers are left alone, and those of other machines (a shared
+    disk) only once they are a day old. Returns the paths removed. :func:`atomic_write` calls this for its
+    target before every write, so a killed save or download is cleaned up the next time the file is written.
+    """
+    if (target is None) == (folder is None):
+        raise ValueError("give exactly one of target= (a file) or folder=")
+    if target is not None:
+        target = Path(target)
+        folder, pattern = target.parent, f".{glob.escape(target.name)}.{_TMP_MARK}*.tmp"
+    else:
+        folder, pattern = Path(folder), f".*.{_TMP_MARK}*.tmp"
+    if not folder.is_dir():
+        return []
+    host, removed = _host_tag(), []
+    for tmp in folder.glob(pattern):
+        # name: .<target>.~<pid>@<host>.<random>.tmp (the target's name may itself contain dots and "~")
+        match = re.search(rf"\.{re.escape(_TMP_MARK)}(\d+)@([0-9a-f]{{8}})\.[^.]+\.tmp$", tmp.name)
+        if match is None:
+            continue
+        pid, tag = int(match.group(1)), match.group(2)
+        try:
+            # On Windows os.kill(pid, 0) would send CTRL_C_EVENT: there only the age decides.
+            if tag == host and os.name != "nt":
+                orphan = not _pid_alive(pid)
+            else:
+                orphan = time.time() - tmp.stat().st_mtime > _ORPHAN_AGE_S
+            if orphan:
+                tmp.unlink()
+                removed.append(tmp)
+        except FileNotFoundError:  # another process cleaned it up first
+            continue
+    return removed
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where the OS allows (Linux: /proc/self/status)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:  # os.umask can only be read by setting it: do it under a lock and put it back at once
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+_UMASK_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "wb", encoding: str | None = None, newline: str | None = None
                  ) -> Iterator[IO]:
@@ -159,17 +248,32 @@ def atomic_write(path: str | Path, mode: str = "wb", encoding: str | None = None
 
         with atomic_write("model.pt") as f:
             torch.save(state, f)
+
+    The new file gets the permissions an ordinary ``open(path, "w")`` would give it: those of the file it
+    replaces, or ``0o666`` minus the user's umask for a new file (``tempfile.mkstemp`` alone would make it
+    private, 0600). A process killed inside the block cannot remove its temporary file; the next
+    ``atomic_write`` of the same path does (see :func:`remove_orphaned_temp_files`).
     """
     if "w" not in mode:
         raise ValueError(f"atomic_write opens files for writing; mode must contain 'w', got {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_orphaned_temp_files(target=path)
+    try:
+        file_mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        file_mode = 0o666 & ~_umask()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_TMP_MARK}{os.getpid()}@{_host_tag()}.", suffix=".tmp",
+                               dir=path.parent)
     try:
         with os.fdopen(fd, mode, encoding=encoding, newline=newline) as fh:
+            if hasattr(os, "fchmod"):
+                os.fchmod(fh.fileno(), file_mode)
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        if not hasattr(os, "fchmod"):
+            os.chmod(tmp, file_mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
