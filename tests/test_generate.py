@@ -260,7 +260,7 @@ def test_generate_bad_inputs_name_the_fix(pair):
     with pytest.raises(ValueError, match=r"token id 211, outside the model's vocabulary \(0 to 210, "
                        r"vocab_size=211\); .*larger vocabulary"):
         generate(ours, torch.tensor([[5, 211]]), 2)
-    with pytest.raises(ValueError, match="token id -100.*ignore_index of loss targets.*attention_mask"):
+    with pytest.raises(ValueError, match="token id -100.*ignore_index of the loss .targets.*attention_mask"):
         generate(ours, torch.tensor([[-100, -100, 5]]), 2)
     with pytest.raises(ValueError, match="token id -3.*negative ids are never tokens"):
         beam_search(ours, torch.tensor([[-3, 5]]), 2, num_beams=2)

@@ -25,6 +25,8 @@ import warnings
 import torch
 from torch.nn import functional as F
 
+from .models.gpt import check_token_ids
+
 __all__ = ["generate", "beam_search", "sample_next", "top_k_filter", "top_p_filter", "sequence_log_prob",
            "text_to_ids", "ids_to_text"]
 
@@ -139,17 +141,7 @@ def _check_prompt(model, idx: torch.Tensor, attention_mask, max_new_tokens: int,
     if idx.dtype not in (torch.long, torch.int32, torch.int64):
         raise TypeError(f"idx must hold integer token ids (torch.long), got {idx.dtype}; "
                         "build it with text_to_ids(text, tokenizer) or torch.tensor(ids, dtype=torch.long)")
-    if idx.numel():
-        lo, hi = torch.aminmax(idx)
-        lo, hi = int(lo), int(hi)
-        if lo < 0 or hi >= vocab:
-            bad = lo if lo < 0 else hi
-            cause = ("-100 is the ignore_index of loss targets, not a token: pad prompts with a real id (e.g. "
-                     "<|endoftext|>) and pass attention_mask" if bad == -100 else
-                     "negative ids are never tokens: pad with a real id and pass attention_mask" if bad < 0 else
-                     "the ids come from a tokenizer with a larger vocabulary than the model's")
-            raise ValueError(f"the prompt holds token id {bad}, outside the model's vocabulary (0 to {vocab - 1}, "
-                             f"vocab_size={vocab}); {cause}")
+    check_token_ids(idx, vocab, "the prompt")
     if attention_mask is None and idx.shape[0] > 1:
         _warn_if_padded(idx)
     ctx = model.cfg.context_length
