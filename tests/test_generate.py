@@ -294,3 +294,14 @@ def test_ragged_batch_without_mask_warns(pair):
         generate(ours, padded, 2, attention_mask=(padded != 0).long())
         generate(ours, padded[:1], 2)
         generate(ours, prompts(3), 2)
+
+
+def test_generate_reports_nan_logits_greedy_and_sampling(pair):
+    _, ours = pair
+    broken = GPTModel(ours.cfg).eval()
+    broken.load_state_dict(ours.state_dict())
+    with torch.no_grad():
+        broken.final_norm.weight[0] = float("nan")
+    for temperature in (0.0, 1.0):
+        with pytest.raises(ValueError, match=r"row\(s\) \[0, 1\] hold NaN.*diverged"):
+            generate(broken, prompts(2), 3, temperature=temperature)

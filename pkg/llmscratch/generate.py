@@ -71,7 +71,8 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
-                top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+                top_p: float | None = None, generator: torch.Generator | None = None,
+                check: bool = True) -> torch.Tensor:
     """Pick the next token from last-position logits ``(batch, vocab)``; returns ``(batch, 1)`` ids.
 
     ``temperature == 0`` is greedy (argmax; top-k/top-p change nothing then). Otherwise the logits are divided
@@ -80,13 +81,16 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | Non
 
     Raises ``ValueError`` for a NaN, negative or absurdly small (below :data:`MIN_TEMPERATURE`) temperature,
     and for a row whose logits are all ``-inf`` or hold a NaN (which greedy decoding would return as a token).
+    That check costs one device sync; :func:`generate` passes ``check=False`` when decoding greedily and checks
+    all steps at once at the end instead.
     """
     _check_temperature(temperature)
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or not logits.is_floating_point():
         what = f"{tuple(logits.shape)} {logits.dtype}" if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ValueError(f"logits must be a float tensor (batch, vocab), got {what}; "
                          "from model output (batch, seq, vocab) take the last position: logits[:, -1]")
-    _check_logits(logits)
+    if check:
+        _check_logits(logits)
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits.float() / temperature
@@ -111,17 +115,21 @@ def _check_temperature(temperature) -> None:
                          f"temperature >= {MIN_TEMPERATURE:g}")
 
 
-def _check_logits(logits: torch.Tensor) -> None:
-    """One reduction and one sync per step: a row with a NaN, or with no finite logit, cannot be decoded."""
-    bad = torch.isnan(logits).any(-1) | ~(logits > float("-inf")).any(-1)  # (batch,)
+def _bad_rows(logits: torch.Tensor) -> torch.Tensor:
+    """``(batch,)`` bool: the rows that hold a NaN or have no logit above ``-inf`` (no sync)."""
+    return torch.isnan(logits).any(-1) | ~(logits > float("-inf")).any(-1)
+
+
+def _check_logits(logits: torch.Tensor, bad: torch.Tensor | None = None, when: str = "") -> None:
+    """One reduction and one sync: a row with a NaN, or with no finite logit, cannot be decoded."""
+    bad = _bad_rows(logits) if bad is None else bad
     if bool(bad.any()):
         rows = bad.nonzero()[:, 0].tolist()
-        row = rows[0]
-        what = "hold NaN" if bool(torch.isnan(logits[row]).any()) else "are all -inf"
+        what = "hold NaN" if bool(torch.isnan(logits[rows[0]]).any()) else "are all -inf"
         raise ValueError(
-            f"the logits of row(s) {rows[:8]} {what}, so there is no token to pick (greedy decoding would return "
-            "an arbitrary index). Likely causes: a model that diverged in training (check the loss for NaN), "
-            "a mask that blocks every position, or top-k/top-p/bad-word filters that removed every token.")
+            f"the logits of row(s) {rows[:8]} {what}{when}, so there is no token to pick (greedy decoding would "
+            "return an arbitrary index). Likely causes: a model that diverged in training (check the loss for "
+            "NaN), a mask that blocks every position, or top-k/top-p/bad-word filters that removed every token.")
 
 
 # ---------------------------------------------------------------------- the generation loop
@@ -218,6 +226,10 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
     ctx = model.cfg.context_length
     b = idx.shape[0]
     finished = torch.zeros(b, dtype=torch.bool, device=idx.device)
+    # Greedy steps are checked all at once at the end (no device sync per step); sampling checks each step,
+    # because multinomial fails on NaN with a less helpful message.
+    greedy = temperature == 0
+    bad = torch.zeros(b, dtype=torch.bool, device=idx.device)
     out = idx
     mask = attention_mask
     cache = None
@@ -228,7 +240,9 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
         if not use_cache or cache is None:
             window = out[:, -ctx:]
             logits = model(window, attention_mask=mask[:, -ctx:] if mask is not None else None)[:, -1]
-        nxt = sample_next(logits, temperature, top_k, top_p, generator)  # (B, 1)
+        if greedy:
+            bad = bad | _bad_rows(logits)
+        nxt = sample_next(logits, temperature, top_k, top_p, generator, check=not greedy)  # (B, 1)
         if eos_id is not None:
             nxt = nxt.masked_fill(finished[:, None], eos_id)
             finished = finished | (nxt[:, 0] == eos_id)
@@ -242,6 +256,8 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
                 logits = model(nxt, attention_mask=mask, cache=cache)[:, -1]  # one new position
             else:
                 cache = None  # past the context window: slide it, recomputing (as without a cache)
+    if greedy and bool(bad.any()):
+        _check_logits(logits, bad, when=" at some step")
     return out
 
 
