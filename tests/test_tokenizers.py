@@ -161,6 +161,9 @@ def test_merge_order_on_overlapping_pairs_by_hand():
     assert tok.apply_merges([97] * 5) == [256, 257]
     assert tok.apply_merges([97] * 3) == [257]
     assert tok.decode(tok.encode("a" * 7)) == "a" * 7
+    # the heap merge needs merges in learning order (a merge never uses a token that a later merge makes)
+    with pytest.raises(ValueError, match="merge 0 .* uses token 256, which no earlier merge makes"):
+        BPETokenizer(vocab, [((256, 97), 257), ((97, 97), 256)], {})
 
 
 def test_pretoken_cache_is_bounded_and_skips_huge_pieces(gpt2_pair):

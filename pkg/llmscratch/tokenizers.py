@@ -145,6 +145,7 @@ class WordTokenizer:
             raise ValueError("vocab maps two tokens to the same id; ids must be unique")
         self.str_to_int = dict(vocab)
         self.int_to_str = {i: s for s, i in vocab.items()}
+        self._n_ids = max(self.int_to_str) + 1
         specials = [t for t in self.str_to_int if t.startswith("<|") and t.endswith("|>")]
         self._special_re = re.compile("(" + "|".join(map(re.escape, specials)) + ")") if specials else None
 
@@ -191,7 +192,7 @@ class WordTokenizer:
         return ids
 
     def decode(self, ids: Iterable[int]) -> str:
-        ids = _as_token_ids(ids, max(self.int_to_str) + 1)
+        ids = _as_token_ids(ids, self._n_ids)
         try:
             text = " ".join(self.int_to_str[i] for i in ids)
         except KeyError as err:  # a gap in a hand-made vocabulary
@@ -308,9 +309,15 @@ class BPETokenizer:
         for b, i in enumerate(self.byte_ids):
             if self.vocab.get(i) != bytes([b]):
                 raise ValueError(f"vocab[{i}] must be the single byte {bytes([b])!r}; the vocabulary is inconsistent")
-        for (a, b), c in self.merges:
+        made = set(self.byte_ids)  # ids that exist before each merge: the bytes, then earlier merges' results
+        for rank, ((a, b), c) in enumerate(self.merges):
             if a not in self.vocab or b not in self.vocab or self.vocab.get(c) != self.vocab[a] + self.vocab[b]:
                 raise ValueError(f"merge ({a}, {b}) -> {c} does not match the vocabulary (vocab[{c}] must be vocab[{a}] + vocab[{b}])")
+            # apply_merges relies on this order: a merge never uses a token that a later merge makes.
+            if a not in made or b not in made:
+                raise ValueError(f"merge {rank} ({a}, {b}) uses token {a if a not in made else b}, which no earlier "
+                                 "merge makes; merges must be listed in the order they were learned")
+            made.add(c)
         for s, i in self.special_tokens.items():
             if i in self.vocab:
                 raise ValueError(f"special token {s!r} has id {i}, which a regular token already uses")
