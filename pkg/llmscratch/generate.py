@@ -178,22 +178,23 @@ def _check_eos(eos_id, vocab_size: int) -> None:
 
 
 def _warn_if_padded(idx: torch.Tensor) -> None:
-    """Warn when a batch without an attention mask looks padded: some rows start (or end) with a run of the
-    id that other rows' last (or first) token repeats. Without a mask the padding is read as text."""
-    first, last = idx[:, 0], idx[:, -1]
-    for ends, side in ((first, "left"), (last, "right")):
-        values, counts = ends.unique(return_counts=True)
+    """Warn when a batch without an attention mask looks padded: some rows (not all) start, or end, with a run
+    of at least two equal ids. Without a mask the padding is read as text (and shifts the positions)."""
+    if idx.shape[1] < 2:
+        return
+    for side, end, nxt in (("left", idx[:, 0], idx[:, 1]), ("right", idx[:, -1], idx[:, -2])):
+        values, counts = end.unique(return_counts=True)
         for v, c in zip(values.tolist(), counts.tolist()):
-            col = 1 if side == "left" else -2
-            if idx.shape[1] > 1 and 1 <= c < idx.shape[0]:
-                rows = (ends == v) & (idx[:, col] == v)  # a run of at least two: padding, not a first word
-                if bool(rows.any()):
-                    warnings.warn(
-                        f"rows {rows.nonzero()[:, 0].tolist()[:8]} of the prompt batch {'start' if side == 'left' else 'end'} "
-                        f"with a run of id {v} that other rows lack: this looks like {side} padding without an "
-                        "attention_mask, so the padding is read as text. Pad on the left and pass attention_mask "
-                        "(1 = token, 0 = padding), or generate each prompt alone.", stacklevel=4)
-                    return
+            if c == idx.shape[0]:
+                continue  # every row has it: a shared first (or last) word, not padding
+            rows = ((end == v) & (nxt == v)).nonzero()[:, 0].tolist()
+            if rows:
+                warnings.warn(
+                    f"rows {rows[:8]} of the prompt batch {'start' if side == 'left' else 'end'} with a run of "
+                    f"id {v} that other rows lack: this looks like {side} padding without an attention_mask, so "
+                    "the padding is read as text. Pad on the left and pass attention_mask (1 = token, "
+                    "0 = padding), or generate each prompt alone.", stacklevel=4)
+                return
 
 
 @torch.no_grad()
