@@ -359,3 +359,28 @@ def test_benchmark_helpers_produce_a_table():
     assert attention_matrix_bytes(1, 1, 10, torch.bfloat16) == 200
     with pytest.raises(ValueError, match="unknown mode"):
         benchmark_attention(seq_lens=(8,), modes=("backward",))
+
+
+# --- bad inputs: errors that name the fix -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("impl", [MultiHeadAttention, ReferenceMultiHeadAttention])
+def test_error_float_or_non_binary_mask(impl):
+    m = impl(D, D, H, CTX)
+    x = torch.randn(2, 5, D)
+    mask = left_padding_mask(2, 5, [2, 0])
+    with pytest.raises(TypeError, match="0/1 integers or bools .* got a torch.float32 tensor"):
+        m(x, attention_mask=mask.float())
+    with pytest.raises(ValueError, match="only 0 .* found 3"):
+        m(x, attention_mask=mask * 3)
+    torch.testing.assert_close(m(x, attention_mask=mask), m(x, attention_mask=mask.bool()), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("impl", [MultiHeadAttention, ReferenceMultiHeadAttention])
+def test_error_cache_of_another_batch_and_float64_input(impl):
+    m = impl(D, D, H, CTX)
+    cache = m.new_cache(4)
+    with pytest.raises(ValueError, match=r"made for a batch of 4 but x has a batch of 2; .*new_cache\(2"):
+        m(torch.randn(2, 3, D), cache=cache)
+    assert cache.length == 0
+    with pytest.raises(TypeError, match=r"x is torch.float64 but this module's weights are torch.float32"):
+        m(torch.randn(2, 3, D, dtype=torch.float64))

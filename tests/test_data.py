@@ -322,3 +322,100 @@ def test_read_idx_rejects_garbage(tmp_path):
 def test_load_sms_spam(data_dir):
     df = data.load_sms_spam()
     assert df.shape == (5_574, 2) and df.label.value_counts().to_dict() == {"ham": 4_827, "spam": 747}
+
+
+# --- errors that name the fix ----------------------------------------------------------------------------------
+
+
+def test_offline_miss_names_the_file_where_it_looked_and_the_variable(isolated, monkeypatch):
+    home = isolated / "home"
+    home.mkdir()
+    monkeypatch.setenv("LLMSCRATCH_DATA", str(home))
+    monkeypatch.setenv("LLMSCRATCH_OFFLINE", "1")
+    cache = isolated / "cache"
+    with pytest.raises(DataNotFoundError) as err:
+        data.load_imdb("test", limit=5)
+    msg = str(err.value)
+    assert "'imdb/imdb_test.csv.gz' is not on disk and $LLMSCRATCH_OFFLINE=1 forbids downloads" in msg
+    assert f"$LLMSCRATCH_DATA = {home} (no {home / 'imdb/imdb_test.csv.gz'})" in msg
+    assert f"the cache {cache / 'imdb/imdb_test.csv.gz'}" in msg
+    assert "set $LLMSCRATCH_DATA to a data folder that holds imdb/imdb_test.csv.gz" in msg
+    monkeypatch.delenv("LLMSCRATCH_DATA")
+    with pytest.raises(DataNotFoundError, match=r"Looked in: \$LLMSCRATCH_DATA \(unset\)"):
+        data.fetch("text/the-verdict.txt")
+    monkeypatch.delenv("LLMSCRATCH_OFFLINE")
+    with pytest.raises(DataNotFoundError, match="'text/the-verdict.txt' is not on disk and download=False"):
+        data.fetch("text/the-verdict.txt", download=False)
+
+
+def test_bad_limit_arguments(data_dir):
+    for bad in (10.5, "10", True):
+        with pytest.raises(TypeError, match="limit must be a positive int .* or None for all rows"):
+            data.load_imdb("test", limit=bad)
+    for bad in (0, -3):
+        with pytest.raises(ValueError, match="positive number of rows"):
+            data.load_imdb("test", limit=bad)
+    assert len(data.load_imdb("test", limit=np.int64(3))) == 3
+
+
+def test_bad_text_arguments():
+    from llmscratch.data import GPTDataset, create_dataloader, sliding_windows
+
+    with pytest.raises(TypeError, match="is None: pass the text"):
+        GPTDataset(None)
+    with pytest.raises(TypeError, match=r"is bytes: decode it first \(data.decode\('utf-8'\)\)"):
+        create_dataloader(b"some text")
+    with pytest.raises(TypeError, match=r"sequence of texts.*'<\|endoftext\|>'.join\(texts\)"):
+        GPTDataset(["first review", "second review"])
+    pd = pytest.importorskip("pandas")
+    with pytest.raises(TypeError, match="sequence of texts"):
+        GPTDataset(pd.Series(["first review", "second review"]))
+    with pytest.raises(ValueError, match="the text is empty"):
+        GPTDataset("")
+    with pytest.raises(TypeError, match=r"must be integers, got a torch.float32 array.*ids.long\(\)"):
+        GPTDataset(torch.arange(20.0), max_length=4, stride=4)  # silently truncated before
+    with pytest.raises(TypeError, match=r"must be integers, got 2.5 \(float"):
+        sliding_windows([1, 2, 2.5, 4, 5, 6], 2, 1)
+    with pytest.raises(TypeError, match="float64"):
+        sliding_windows(np.arange(10.0), 2, 1)
+    x, _ = sliding_windows(np.arange(10), 2, 1)  # integer arrays are fine
+    assert x.dtype == torch.long
+
+
+def test_corruption_after_verification_is_caught_with_same_size_and_mtime(isolated, data_dir, monkeypatch):
+    import time
+
+    rel = "text/the-verdict.txt"
+    home = isolated / "home"
+    (home / "text").mkdir(parents=True)
+    p = home / rel
+    p.write_bytes((data_dir / rel).read_bytes())
+    monkeypatch.setenv("LLMSCRATCH_DATA", str(home))
+    assert data.load_the_verdict().startswith("I HAD always")  # verified and remembered
+    before = p.stat()
+    time.sleep(0.05)  # past the filesystem's timestamp tick
+    with open(p, "r+b") as fh:  # flip one byte in place
+        fh.seek(100)
+        b = fh.read(1)
+        fh.seek(100)
+        fh.write(bytes([b[0] ^ 0xFF]))
+    os.utime(p, ns=(before.st_atime_ns, before.st_mtime_ns))  # and hide it: same size, same mtime
+    after = p.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    with pytest.raises(ChecksumError, match="delete it and run again"):
+        data.load_the_verdict()
+
+
+def test_verify_memo_is_an_opt_out(isolated, data_dir, monkeypatch):
+    rel = "text/the-verdict.txt"
+    hashed = []
+    real = data.file_sha256
+    monkeypatch.setattr(data, "file_sha256", lambda path, *a: hashed.append(path) or real(path, *a))
+    p = data_dir / rel
+    data.verify(p, rel)
+    data.verify(p, rel)
+    assert len(hashed) == 1, "the second call trusts the memo"
+    data.verify(p, rel, memo=False)
+    monkeypatch.setenv("LLMSCRATCH_VERIFY", "always")
+    data.verify(p, rel)
+    assert len(hashed) == 3

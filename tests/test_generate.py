@@ -190,3 +190,118 @@ def test_text_round_trip(data_dir):
     assert ids.shape == (1, 5) and ids[0, -1].item() == 50256
     assert ids_to_text(ids, tok) == "Every effort moves you<|endoftext|>"
     assert ids_to_text(ids[0].tolist(), tok) == "Every effort moves you<|endoftext|>"
+
+
+# ---------------------------------------------------------------------- top-p at GPT-2's vocabulary
+def _gpt2_sized_logits(dtype):
+    """Seven rows of logits over 50,257 tokens: Gaussian ones of several scales and Zipf-like heavy tails."""
+    g = torch.Generator().manual_seed(0)
+    v = 50257
+    rows = [torch.randn(v, generator=g) * s for s in (1.0, 2.0, 3.0, 4.0)]
+    rank = torch.arange(1, v + 1).float()
+    rows += [-a * rank.log() + 0.1 * torch.randn(v, generator=g) for a in (0.8, 1.0, 1.2)]
+    return torch.stack(rows).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
+@pytest.mark.parametrize("p", [0.9, 0.99, 0.999])
+def test_top_p_keeps_at_least_p_and_no_more_than_needed_at_gpt2_vocab(dtype, p):
+    logits = _gpt2_sized_logits(dtype)
+    filtered = top_p_filter(logits, p)
+    assert filtered.dtype == dtype
+    kept = ~torch.isinf(filtered)
+    probs = logits.double().softmax(-1)  # the distribution the logits stand for, in float64
+    mass = (probs * kept).sum(-1)
+    assert (mass >= p - 1e-12).all(), f"kept mass {mass.min().item():.6f} < p = {p}"
+    # the smallest such set: the fewest most likely tokens whose float64 mass reaches p
+    needed = (probs.sort(-1, descending=True).values.cumsum(-1) < p).sum(-1) + 1
+    assert torch.equal(kept.sum(-1), needed), (kept.sum(-1) - needed).tolist()
+    # the kept tokens are the most likely ones
+    smallest_kept = torch.where(kept, probs, torch.inf).min(-1).values
+    largest_dropped = torch.where(kept, -torch.inf, probs).max(-1).values
+    assert (smallest_kept >= largest_dropped).all()
+
+
+def test_sample_next_does_not_filter_bf16_logits_in_bf16():
+    logits = _gpt2_sized_logits(torch.bfloat16)
+    for p in (0.9, 0.99):
+        a = sample_next(logits, 1.0, top_p=p, generator=torch.Generator().manual_seed(3))
+        b = sample_next(logits.float(), 1.0, top_p=p, generator=torch.Generator().manual_seed(3))
+        assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------- errors that name the fix
+def test_sample_next_bad_inputs():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    with pytest.raises(ValueError, match="temperature must be a finite number >= 0.*got nan"):
+        sample_next(logits, float("nan"))
+    with pytest.raises(ValueError, match="temperature must be a finite number"):
+        sample_next(logits, float("inf"))
+    with pytest.raises(ValueError, match="temperature=1e-09 is so small .* use temperature=0 for greedy"):
+        sample_next(logits, 1e-9)
+    with pytest.raises(TypeError, match="temperature must be a number"):
+        sample_next(logits, "0.7")
+    assert sample_next(logits * 100, 1e-4).item() == 0  # the smallest allowed temperature is still finite
+    with pytest.raises(ValueError, match=r"row\(s\) \[1\] hold NaN.*diverged"):
+        sample_next(torch.tensor([[0.0, 1.0], [float("nan"), 5.0]]), 0.0)  # greedy returned the NaN's index
+    with pytest.raises(ValueError, match=r"row\(s\) \[0\] are all -inf"):
+        sample_next(torch.full((1, 4), float("-inf")), 1.0)
+    with pytest.raises(ValueError, match=r"logits\[:, -1\]"):
+        sample_next(torch.zeros(1, 3, 4), 0.0)
+    with pytest.raises(ValueError, match="top_p must be a number in"):
+        sample_next(logits, 1.0, top_p=float("nan"))
+    with pytest.raises(ValueError, match="top_k must be a positive int"):
+        sample_next(logits, 1.0, top_k=2.0)
+
+
+def test_generate_bad_inputs_name_the_fix(pair):
+    _, ours = pair  # vocab_size 211
+    idx = prompts(2)
+    with pytest.raises(ValueError, match=r"token id 211, outside the model's vocabulary \(0 to 210, "
+                       r"vocab_size=211\); .*larger vocabulary"):
+        generate(ours, torch.tensor([[5, 211]]), 2)
+    with pytest.raises(ValueError, match="token id -100.*ignore_index of the loss .targets.*attention_mask"):
+        generate(ours, torch.tensor([[-100, -100, 5]]), 2)
+    with pytest.raises(ValueError, match="token id -3.*negative ids are never tokens"):
+        beam_search(ours, torch.tensor([[-3, 5]]), 2, num_beams=2)
+    with pytest.raises(TypeError, match="integer token ids.*got torch.float32"):
+        generate(ours, idx.float(), 2)
+    with pytest.raises(ValueError, match=r"eos_id=211 is not a token id of this model \(0 to 210\)"):
+        generate(ours, idx, 2, eos_id=211)
+    with pytest.raises(ValueError, match="eos_id=-1"):
+        beam_search(ours, idx, 2, num_beams=2, eos_id=-1)
+    with pytest.raises(TypeError, match="eos_id must be an int token id.*allowed_special"):
+        generate(ours, idx, 2, eos_id="<|endoftext|>")
+    with pytest.raises(ValueError, match="temperature must be a finite"):
+        generate(ours, idx, 2, temperature=float("nan"))
+    with pytest.raises(ValueError, match="so small"):
+        generate(ours, idx, 2, temperature=1e-12)
+
+
+def test_ragged_batch_without_mask_warns(pair):
+    import warnings
+
+    _, ours = pair
+    padded = torch.tensor([[0, 0, 0, 7, 8], [3, 4, 5, 6, 7]])  # row 0 left-padded with id 0
+    with pytest.warns(UserWarning, match=r"rows \[0\] .* start with a run of id 0 .* left padding without an "
+                      r"attention_mask.*pass attention_mask"):
+        generate(ours, padded, 2)
+    right = torch.tensor([[7, 8, 9, 9, 9], [3, 4, 5, 6, 7]])
+    with pytest.warns(UserWarning, match="right padding"):
+        generate(ours, right, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a mask, one row, or unpadded rows: no warning
+        generate(ours, padded, 2, attention_mask=(padded != 0).long())
+        generate(ours, padded[:1], 2)
+        generate(ours, prompts(3), 2)
+
+
+def test_generate_reports_nan_logits_greedy_and_sampling(pair):
+    _, ours = pair
+    broken = GPTModel(ours.cfg).eval()
+    broken.load_state_dict(ours.state_dict())
+    with torch.no_grad():
+        broken.final_norm.weight[0] = float("nan")
+    for temperature in (0.0, 1.0):
+        with pytest.raises(ValueError, match=r"row\(s\) \[0, 1\] hold NaN.*diverged"):
+            generate(broken, prompts(2), 3, temperature=temperature)

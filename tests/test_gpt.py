@@ -237,3 +237,73 @@ def test_forward_compiles_without_graph_breaks():
     torch._dynamo.reset()
     explanation = torch._dynamo.explain(model)(torch.randint(0, 64, (2, 16)))
     assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+# ---------------------------------------------------------------------- bad inputs: errors that name the fix
+def test_token_ids_out_of_range_name_id_vocab_and_cause():
+    model = GPTModel(GPTConfig.preset("gpt-nano", vocab_size=64)).eval()
+    ok = torch.randint(0, 64, (2, 8))
+    with pytest.raises(ValueError, match=r"idx holds token id 64, outside the model's vocabulary \(0 to 63, "
+                       r"vocab_size=64\); .*larger vocabulary.*n_vocab"):
+        model(torch.cat([ok, torch.full((2, 1), 64)], 1))
+    padded = ok.clone()
+    padded[0, :3] = -100  # -100 used as input padding
+    with pytest.raises(ValueError, match=r"token id -100.*ignore_index of the loss \*targets\*.*attention_mask"):
+        model(padded)
+    with pytest.raises(ValueError, match=r"token id -1, .*negative ids are never tokens"):
+        model.loss(ok.clamp(max=-1), ok)
+    with pytest.raises(TypeError, match=r"got torch.float64; .*idx.long\(\)"):
+        model(ok.double())
+    targets = ok.clone()
+    targets[:, :2] = -100  # -100 in the *targets* is the ignore_index: fine
+    assert torch.isfinite(model.loss(ok, targets))
+
+
+def test_attention_masks_must_be_binary_integers_or_bools():
+    model = GPTModel(GPTConfig.preset("gpt-nano", vocab_size=64)).eval()
+    idx = torch.randint(0, 64, (2, 6))
+    mask = torch.ones(2, 6, dtype=torch.long)
+    mask[0, :2] = 0
+    ref = model(idx, attention_mask=mask)
+    torch.testing.assert_close(model(idx, attention_mask=mask.bool()), ref, rtol=0, atol=0)
+    with pytest.raises(TypeError, match=r"got a torch.float32 tensor.*additive mask.*\(mask > 0.5\).*\(mask == 0\)"):
+        model(idx, attention_mask=mask.float())  # a float mask shifted positions silently before
+    additive = torch.zeros(2, 6).masked_fill(mask == 0, float("-inf"))
+    with pytest.raises(TypeError, match="float"):
+        model(idx, attention_mask=additive)
+    with pytest.raises(ValueError, match=r"only 0 \(padding\) and 1 \(real token\), found 2.*\(ids != pad_id\)"):
+        model(idx, attention_mask=mask * 2)
+    with pytest.raises(ValueError, match="found -1"):
+        model(idx, attention_mask=mask - 1)
+
+
+def test_kv_cache_of_another_batch_size():
+    model = GPTModel(GPTConfig.preset("gpt-nano", vocab_size=64)).eval()
+    cache = model.new_cache(3)
+    with pytest.raises(ValueError, match=r"KV cache was made for a batch of 3 but idx has a batch of 2; "
+                       r".*model.new_cache\(2\)"):
+        model(torch.randint(0, 64, (2, 4)), cache=cache)
+    assert cache[0].length == 0, "a rejected call wrote into the cache"
+
+
+def test_float64_input_to_float32_module():
+    from llmscratch.models.attention import MultiHeadAttention
+
+    attn = MultiHeadAttention(16, 16, 2, 8)
+    with pytest.raises(TypeError, match=r"x is torch.float64 but this module's weights are torch.float32; "
+                       r"convert the input \(x.to\(torch.float32\)\)"):
+        attn(torch.randn(1, 4, 16, dtype=torch.float64))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision is not a mismatch
+        attn(torch.randn(1, 4, 16, dtype=torch.bfloat16))
+    assert attn.double()(torch.randn(1, 4, 16, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_id_check_keeps_the_compiled_graph_whole():
+    import torch._dynamo
+
+    model = GPTModel(GPTConfig.preset("gpt-nano", vocab_size=64)).eval()
+    torch._dynamo.reset()
+    mask = torch.ones(2, 16, dtype=torch.long)
+    mask[0, :3] = 0
+    explanation = torch._dynamo.explain(model)(torch.randint(0, 64, (2, 16)), attention_mask=mask)
+    assert explanation.graph_break_count == 0, explanation.break_reasons

@@ -10,6 +10,11 @@ Every file the course reads is in :data:`REGISTRY`, with its official source and
    place), so an interrupted or corrupted download never leaves a file that looks valid.
 
 A file found in steps 1-3 is checked too; a mismatch raises :class:`ChecksumError` naming the file and the fix.
+Within one process a file that passed is remembered by (path, inode, size, mtime, ctime), so loaders can call
+:func:`fetch` often without re-hashing 25 MB each time. Any write to the file changes its ctime (which, unlike the
+mtime, cannot be set back), so a file corrupted later is hashed again and caught. The trade: a change within the
+same clock tick as the verification (a few milliseconds) could go unseen; set ``$LLMSCRATCH_VERIFY=always``
+(or call ``verify(..., memo=False)``) to hash on every call.
 On-disk forms are those of the shared data folder: ``gpt2/encoder.json``, ``gpt2/vocab.bpe``,
 ``text/the-verdict.txt``, ``imdb/imdb_{train,test,unsup}.csv.gz`` (columns text,label), ``mnist/*-idx?-ubyte.gz``,
 ``mnist/mnist.npz`` and ``sms_spam/SMSSpamCollection.tsv``.
@@ -57,6 +62,7 @@ __all__ = [
 DATA_ENV = "LLMSCRATCH_DATA"
 CACHE_ENV = "LLMSCRATCH_CACHE"
 OFFLINE_ENV = "LLMSCRATCH_OFFLINE"
+VERIFY_ENV = "LLMSCRATCH_VERIFY"
 
 
 class ChecksumError(RuntimeError):
@@ -308,17 +314,23 @@ def content_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-# Verifying a 25 MB file costs ~0.1 s; loaders call fetch often, so remember files already verified.
-_VERIFIED: dict[tuple[str, int, int], str] = {}
+# Verifying a 25 MB file costs ~0.1 s; loaders call fetch often, so remember files already verified (see the
+# module docstring for what the key catches and the opt-out).
+_VERIFIED: dict[tuple, str] = {}
 
 
-def verify(path: str | Path, entry: DataFile | str) -> Path:
-    """Check ``path`` against a registry entry; return the path, or raise :class:`ChecksumError`."""
+def verify(path: str | Path, entry: DataFile | str, memo: bool = True) -> Path:
+    """Check ``path`` against a registry entry; return the path, or raise :class:`ChecksumError`.
+
+    ``memo=False`` (or ``$LLMSCRATCH_VERIFY=always``) hashes the file even if it passed earlier in this process.
+    """
     entry = REGISTRY[entry] if isinstance(entry, str) else entry
     path = Path(path)
     st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if _VERIFIED.get(key) == entry.relpath:
+    # ctime changes on every write and cannot be set back by utime, unlike mtime; a replaced file has a new inode.
+    key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    memo = memo and os.environ.get(VERIFY_ENV, "").lower() != "always"
+    if memo and _VERIFIED.get(key) == entry.relpath:
         return path
     ok = file_sha256(path) == entry.sha256
     if not ok and entry.content_sha256 is not None:
@@ -373,10 +385,26 @@ def _atomic_write(dest: Path, data: bytes | None = None, src: Path | None = None
         fh.write(data)
 
 
+def _offline() -> bool:
+    return os.environ.get(OFFLINE_ENV, "").lower() in ("1", "true", "yes")
+
+
+def _not_found(relpath: str, reason: str) -> DataNotFoundError:
+    """The error for a file that is nowhere on disk: what was asked for, where it was looked for, the fixes."""
+    home = data_home()
+    looked = (f"${DATA_ENV} = {home} (no {home / relpath})" if home is not None
+              else f"${DATA_ENV} (unset)")
+    return DataNotFoundError(
+        f"'{relpath}' is not on disk and {reason}. Looked in: {looked}; the cache {cache_dir() / relpath}. "
+        f"Fix: set ${DATA_ENV} to a data folder that holds {relpath} (CI uses the shared data folder), pass "
+        f"path= to the loader, or go online and unset ${OFFLINE_ENV} to download it into the cache.")
+
+
 def _download(urls: Iterable[str], dest: Path, sha256: str, retries: int = 2, timeout: float = 60.0) -> Path:
     """Download the first URL that works into ``dest``; verify sha256 before the file appears under its name."""
-    if os.environ.get(OFFLINE_ENV, "").lower() in ("1", "true", "yes"):
-        raise DataNotFoundError(f"{dest.name} is not on disk and ${OFFLINE_ENV} forbids downloads")
+    if _offline():
+        raise DataNotFoundError(f"{dest.name} is not on disk and ${OFFLINE_ENV} forbids downloads; set "
+                                f"${DATA_ENV} to a data folder that holds it")
     errors = []
     for url in urls:
         for attempt in range(retries + 1):
@@ -430,8 +458,9 @@ def fetch(relpath: str, path: str | Path | None = None, download: bool = True) -
     if cached.is_file():
         return verify(cached, entry)
     if not download:
-        where = f"${DATA_ENV} ({home})" if home else f"${DATA_ENV} (unset)"
-        raise DataNotFoundError(f"'{relpath}' is in neither {where} nor the cache {cache_dir()}, and download=False")
+        raise _not_found(relpath, "download=False")
+    if _offline():
+        raise _not_found(relpath, f"${OFFLINE_ENV}={os.environ.get(OFFLINE_ENV)} forbids downloads")
     return _materialize(entry, cached)
 
 
@@ -476,10 +505,19 @@ def load_imdb(split: str = "train", path: str | Path | None = None, limit: int |
 
     if split not in ("train", "test", "unsup"):
         raise ValueError(f"IMDB split must be 'train', 'test' or 'unsup', got {split!r}")
-    if limit is not None and limit < 1:
-        raise ValueError(f"limit must be a positive number of rows, got {limit}")
+    _check_limit(limit)
     file = fetch(f"imdb/imdb_{split}.csv.gz", path)
     return pd.read_csv(file, nrows=limit, dtype={"text": str, "label": "int64"}, keep_default_na=False)
+
+
+def _check_limit(limit) -> None:
+    if limit is None:
+        return
+    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)):
+        raise TypeError(f"limit must be a positive int (a number of rows) or None for all rows, got {limit!r} "
+                        f"({type(limit).__name__}); e.g. limit=1000")
+    if limit < 1:
+        raise ValueError(f"limit must be a positive number of rows (or None for all rows), got {limit}")
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -546,6 +584,14 @@ def sliding_windows(ids, max_length: int, stride: int):
     """
     import torch
 
+    if isinstance(ids, torch.Tensor) and (ids.is_floating_point() or ids.is_complex()) or \
+            isinstance(ids, np.ndarray) and ids.dtype.kind not in "iub":
+        raise TypeError(f"token ids must be integers, got a {ids.dtype} array (as_tensor would truncate them "
+                        "silently); convert with ids.long(), or pass the text and a tokenizer")
+    if isinstance(ids, (list, tuple)) and any(isinstance(i, float) for i in ids[:1000]):
+        bad = next(i for i in ids if isinstance(i, float))
+        raise TypeError(f"token ids must be integers, got {bad!r} (float; as_tensor would truncate it silently); "
+                        "convert them with int(), or pass the text and a tokenizer")
     ids = torch.as_tensor(ids, dtype=torch.long)
     if ids.dim() != 1:
         raise ValueError(f"ids must be a 1-D sequence of token ids, got shape {tuple(ids.shape)}")
@@ -560,6 +606,30 @@ def sliding_windows(ids, max_length: int, stride: int):
     # unfold = the window loop without the loop: a view whose rows start 0, stride, 2*stride, ...
     windows = ids.unfold(0, max_length + 1, stride)  # (n_windows, max_length + 1)
     return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
+
+
+def _check_text_or_ids(text_or_ids) -> None:
+    """Raise a TypeError naming the fix for what GPTDataset cannot take: bytes, None, a list of texts, floats."""
+    if isinstance(text_or_ids, str):
+        if not text_or_ids:
+            raise ValueError("the text is empty: there is nothing to make windows from; check how it was read "
+                             "(e.g. load_the_verdict())")
+        return
+    if text_or_ids is None:
+        raise TypeError("text_or_ids is None: pass the text (a str, e.g. load_the_verdict()) or its token ids")
+    if isinstance(text_or_ids, (bytes, bytearray)):
+        raise TypeError("text_or_ids is bytes: decode it first (data.decode('utf-8')) and pass the str")
+    if isinstance(text_or_ids, dict):
+        raise TypeError("text_or_ids is a dict: pass one text (a str) or one sequence of token ids")
+    import torch
+
+    if hasattr(text_or_ids, "__len__") and not isinstance(text_or_ids, torch.Tensor):
+        # a list or tuple, a pandas Series, a numpy array (iterating them does not consume them)
+        first = next(iter(text_or_ids), None)
+        if isinstance(first, str):
+            raise TypeError(
+                "text_or_ids is a sequence of texts; GPTDataset takes one text: join the documents with the "
+                "end-of-text token, e.g. '<|endoftext|>'.join(texts), so the model sees where each one ends")
 
 
 def _encode_for_dataset(text: str, tokenizer):
@@ -584,6 +654,7 @@ class GPTDataset(_TorchDataset):
     """
 
     def __init__(self, text_or_ids, tokenizer=None, max_length: int = 256, stride: int = 128):
+        _check_text_or_ids(text_or_ids)
         if isinstance(text_or_ids, str):
             ids = _encode_for_dataset(text_or_ids, tokenizer)
         else:

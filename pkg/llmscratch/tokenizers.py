@@ -64,6 +64,7 @@ from collections import Counter, defaultdict  # noqa: E402
 from typing import Iterable  # noqa: E402
 
 __all__ += [
+    "InvalidTokenIdError",
     "UNK",
     "WORD_SPLIT_PATTERN",
     "WordTokenizer",
@@ -76,6 +77,54 @@ __all__ += [
 UNK = "<|unk|>"
 # Raschka's splitter: punctuation, double dashes and whitespace are separate pieces (kept by the capture group).
 WORD_SPLIT_PATTERN = r'([,.:;?_!"()\']|--|\s)'
+
+
+class InvalidTokenIdError(ValueError, KeyError):
+    """An id that is not a token id (negative, past the vocabulary, or not an integer) given to ``decode``.
+
+    A ``ValueError`` and, for code written against the first version, a ``KeyError``.
+    """
+
+    __str__ = ValueError.__str__  # KeyError would print the message in quotes
+
+
+def _check_text(text, who: str = "encode") -> None:
+    """Raise a TypeError that names the fix when ``text`` is not a ``str``."""
+    if isinstance(text, str):
+        return
+    if isinstance(text, (bytes, bytearray)):
+        raise TypeError(f"{who} takes a str, got {type(text).__name__}: decode the bytes first, "
+                        "e.g. data.decode('utf-8')")
+    if text is None:
+        raise TypeError(f"{who} takes a str, got None (was the text read or returned correctly?); "
+                        "an empty text is ''")
+    raise TypeError(f"{who} takes a str, got {type(text).__name__}; "
+                    "for several texts call it once per text ([tok.encode(t) for t in texts])")
+
+
+def _as_token_ids(ids, n_vocab: int) -> list[int]:
+    """``ids`` (list, tuple, tensor or array of integers) as a list of ints, each in ``[0, n_vocab)``.
+
+    Raises :class:`InvalidTokenIdError` naming the first bad id, its position and the likely cause.
+    """
+    if hasattr(ids, "tolist"):  # torch tensor or numpy array: one conversion instead of one per element
+        ids = ids.tolist()
+        ids = [ids] if not isinstance(ids, list) else ids
+    ids = list(ids)
+    for pos, i in enumerate(ids):
+        if type(i) is not int:
+            if isinstance(i, float) or not hasattr(i, "__index__"):
+                raise InvalidTokenIdError(
+                    f"token ids must be integers, got {i!r} ({type(i).__name__}) at position {pos}; ids are "
+                    "never fractional: were they cast to float? convert with ids.long() (tensors) or int(...)")
+            i = ids[pos] = i.__index__()
+        if not 0 <= i < n_vocab:
+            hint = (" -100 is the ignore_index of the loss targets, not a token: drop those positions first"
+                    if i == -100 else " negative ids are never tokens (padding or an ignore_index marker?)"
+                    if i < 0 else " was it produced by a model or tokenizer with a larger vocabulary?")
+            raise InvalidTokenIdError(
+                f"id {i} at position {pos} is not in the vocabulary (ids go from 0 to {n_vocab - 1});{hint}")
+    return ids
 
 
 class WordTokenizer:
@@ -96,6 +145,7 @@ class WordTokenizer:
             raise ValueError("vocab maps two tokens to the same id; ids must be unique")
         self.str_to_int = dict(vocab)
         self.int_to_str = {i: s for s, i in vocab.items()}
+        self._n_ids = max(self.int_to_str) + 1
         specials = [t for t in self.str_to_int if t.startswith("<|") and t.endswith("|>")]
         self._special_re = re.compile("(" + "|".join(map(re.escape, specials)) + ")") if specials else None
 
@@ -121,8 +171,7 @@ class WordTokenizer:
         return len(self.str_to_int)
 
     def encode(self, text: str) -> list[int]:
-        if not isinstance(text, str):
-            raise TypeError(f"encode takes a string, got {type(text).__name__}")
+        _check_text(text)
         pieces = []
         # Special tokens first, so "<|endoftext|>" is not cut into "<", "|", ... by the word splitter.
         for part in self._special_re.split(text) if self._special_re else [text]:
@@ -143,10 +192,11 @@ class WordTokenizer:
         return ids
 
     def decode(self, ids: Iterable[int]) -> str:
+        ids = _as_token_ids(ids, self._n_ids)
         try:
-            text = " ".join(self.int_to_str[int(i)] for i in ids)
-        except KeyError as err:
-            raise KeyError(f"id {err.args[0]} is not in the vocabulary (size {len(self)})") from None
+            text = " ".join(self.int_to_str[i] for i in ids)
+        except KeyError as err:  # a gap in a hand-made vocabulary
+            raise InvalidTokenIdError(f"id {err.args[0]} is not in the vocabulary (size {len(self)})") from None
         # No space before punctuation (the splitter made it a separate piece).
         return re.sub(r'\s+([,.:;?_!"()\'])', r"\1", text)
 
@@ -194,6 +244,15 @@ def merge_pair(ids: list[int] | tuple[int, ...], pair: tuple[int, int], new_id: 
     return out
 
 
+def _read_json(path: Path, fix: str):
+    """Parse a JSON file; a truncated or corrupted one raises a ValueError naming the file and ``fix``."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        size = path.stat().st_size
+        raise ValueError(f"{path} ({size:,} bytes) is not valid JSON: truncated or corrupted ({err}); {fix}") from None
+
+
 def _compile(pattern: str):
     try:
         import regex
@@ -213,8 +272,13 @@ class BPETokenizer:
 
     Encoding: split text at special tokens, split each part with the pre-tokenizer regex (GPT-2's by default:
     words with their leading space, numbers, punctuation, whitespace), turn each pre-token into byte ids and apply
-    merges, always the highest-priority pair present, until none applies. Results are cached per pre-token,
-    because natural text repeats the same words over and over.
+    merges, always the highest-priority pair present, until none applies. :meth:`apply_merges_simple` is that
+    loop as the book shows it (quadratic in the length of a pre-token); :meth:`apply_merges` gives the same
+    result in ``O(n log n)`` with a heap of pair ranks over a linked list of parts, so a 30,000-letter
+    "word" does not take seconds. Results are cached per pre-token in a bounded LRU cache (``cache_size``
+    entries; pre-tokens longer than ``max_cached_len`` characters are not cached), because natural text
+    repeats the same words over and over. Text with lone surrogates (``"\\ud83d"``) or surrogate pairs in a
+    Python ``str`` is repaired first, as tiktoken does: pairs become their character, lone ones U+FFFD.
 
     Ways to build one: :meth:`train` (from a corpus), :meth:`from_gpt2_files` / :meth:`gpt2` (OpenAI's
     ``encoder.json`` + ``vocab.bpe``: the ids are then exactly tiktoken's ``gpt2`` ids), :meth:`load`.
@@ -231,6 +295,8 @@ class BPETokenizer:
         special_tokens: dict[str, int] | None = None,
         pattern: str = GPT2_PATTERN,
         byte_ids: list[int] | None = None,
+        cache_size: int = 100_000,
+        max_cached_len: int = 256,
     ):
         self.vocab = dict(vocab)
         self.merges = [((int(a), int(b)), int(c)) for (a, b), c in merges]
@@ -243,9 +309,15 @@ class BPETokenizer:
         for b, i in enumerate(self.byte_ids):
             if self.vocab.get(i) != bytes([b]):
                 raise ValueError(f"vocab[{i}] must be the single byte {bytes([b])!r}; the vocabulary is inconsistent")
-        for (a, b), c in self.merges:
+        made = set(self.byte_ids)  # ids that exist before each merge: the bytes, then earlier merges' results
+        for rank, ((a, b), c) in enumerate(self.merges):
             if a not in self.vocab or b not in self.vocab or self.vocab.get(c) != self.vocab[a] + self.vocab[b]:
                 raise ValueError(f"merge ({a}, {b}) -> {c} does not match the vocabulary (vocab[{c}] must be vocab[{a}] + vocab[{b}])")
+            # apply_merges relies on this order: a merge never uses a token that a later merge makes.
+            if a not in made or b not in made:
+                raise ValueError(f"merge {rank} ({a}, {b}) uses token {a if a not in made else b}, which no earlier "
+                                 "merge makes; merges must be listed in the order they were learned")
+            made.add(c)
         for s, i in self.special_tokens.items():
             if i in self.vocab:
                 raise ValueError(f"special token {s!r} has id {i}, which a regular token already uses")
@@ -254,7 +326,27 @@ class BPETokenizer:
         self._regex = _compile(pattern)
         self._decoder = dict(self.vocab)
         self._decoder.update({i: s.encode("utf-8") for s, i in self.special_tokens.items()})
-        self._cache: dict[str, tuple[int, ...]] = {}
+        self._n_vocab = max([*self.vocab, *self.special_tokens.values()]) + 1
+        self.max_cached_len = max_cached_len
+        self.set_cache_size(cache_size)
+
+    def set_cache_size(self, cache_size: int) -> None:
+        """Bound the per-pre-token cache to ``cache_size`` entries (least recently used dropped first); 0 turns
+        caching off. The cache is emptied. ``self._cached_piece.cache_info()`` gives hits and misses."""
+        if not isinstance(cache_size, int) or isinstance(cache_size, bool) or cache_size < 0:
+            raise ValueError(f"cache_size must be a non-negative int (0 = no cache), got {cache_size!r}")
+        self.cache_size = cache_size
+        # functools' LRU cache is written in C: a hit costs about as much as a dict lookup.
+        self._cached_piece = functools.lru_cache(maxsize=cache_size)(self._encode_piece)
+
+    def __getstate__(self):  # the cache holds a bound method: rebuild it instead of pickling it
+        state = self.__dict__.copy()
+        del state["_cached_piece"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.set_cache_size(self.cache_size)
 
     # ---------------------------------------------------------------------------------------------------------
     # Construction
@@ -278,7 +370,11 @@ class BPETokenizer:
         deterministic.
         """
         if not isinstance(text, str) or not text:
+            _check_text(text, "train")
             raise ValueError("train needs a non-empty string")
+        if not isinstance(vocab_size, int) or isinstance(vocab_size, bool):
+            raise TypeError(f"vocab_size must be an int, got {vocab_size!r} ({type(vocab_size).__name__}); "
+                            f"e.g. vocab_size=1000")
         special_tokens = list(special_tokens)
         n_merges = vocab_size - 256 - len(special_tokens)
         if n_merges < 0:
@@ -329,6 +425,12 @@ class BPETokenizer:
                     heapq.heappush(heap, (-c, p))
                 else:
                     counts.pop(p, None)
+        if len(merges) < n_merges:
+            most = 256 + len(merges) + len(special_tokens)
+            raise ValueError(
+                f"vocab_size={vocab_size} cannot be reached: this corpus allows only {len(merges)} merges (no two "
+                f"adjacent tokens inside one pre-token are left to merge), not the {n_merges} asked for. Use "
+                f"vocab_size <= {most}, or train on more text")
         specials = {s: 256 + len(merges) + k for k, s in enumerate(special_tokens)}
         return cls(vocab, merges, specials, pattern)
 
@@ -339,7 +441,7 @@ class BPETokenizer:
         for p in (encoder_json, vocab_bpe):
             if not p.is_file():
                 raise FileNotFoundError(f"{p} does not exist; BPETokenizer.gpt2() finds GPT-2's files through llmscratch.data.fetch")
-        encoder: dict[str, int] = json.loads(encoder_json.read_text(encoding="utf-8"))
+        encoder: dict[str, int] = _read_json(encoder_json, "delete it and fetch GPT-2's files again")
         byte_decoder = {c: b for b, c in bytes_to_unicode().items()}
         special_tokens = {s: encoder.pop(s) for s in [GPT2_EOT] if s in encoder}
         vocab = {i: bytes(byte_decoder[c] for c in s) for s, i in encoder.items()}
@@ -382,11 +484,20 @@ class BPETokenizer:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist; write one with BPETokenizer.save(path)")
-        state = json.loads(path.read_text(encoding="utf-8"))
-        if state.get("format") != "llmscratch-bpe-1":
-            raise ValueError(f"{path} is not a file written by BPETokenizer.save (format {state.get('format')!r})")
-        vocab = {int(i): bytes.fromhex(h) for i, h in state["vocab"].items()}
-        merges = [((a, b), c) for a, b, c in state["merges"]]
+        state = _read_json(path, "write it again with BPETokenizer.save(path)")
+        if not isinstance(state, dict) or state.get("format") != "llmscratch-bpe-1":
+            fmt = state.get("format") if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"{path} is not a file written by BPETokenizer.save (format {fmt!r})")
+        missing = [k for k in ("pattern", "special_tokens", "byte_ids", "vocab", "merges") if k not in state]
+        if missing:
+            raise ValueError(f"{path} lacks the field(s) {missing}: the file is incomplete; write it again with "
+                             "BPETokenizer.save(path)")
+        try:
+            vocab = {int(i): bytes.fromhex(h) for i, h in state["vocab"].items()}
+            merges = [((a, b), c) for a, b, c in state["merges"]]
+        except (ValueError, TypeError, AttributeError) as err:
+            raise ValueError(f"{path} has a malformed vocab or merges table ({err}); write it again with "
+                             "BPETokenizer.save(path)") from None
         return cls(vocab, merges, state["special_tokens"], state["pattern"], state["byte_ids"])
 
     # ---------------------------------------------------------------------------------------------------------
@@ -396,13 +507,17 @@ class BPETokenizer:
     @property
     def n_vocab(self) -> int:
         """Number of ids: regular tokens plus special tokens (50,257 for GPT-2, as tiktoken's ``n_vocab``)."""
-        return max([*self.vocab, *self.special_tokens.values()]) + 1
+        return self._n_vocab
 
     def __len__(self) -> int:
         return self.n_vocab
 
-    def _bpe(self, ids: list[int]) -> list[int]:
-        """Apply merges to one pre-token's byte ids: always the pair with the best (lowest) rank first."""
+    def apply_merges_simple(self, ids: list[int]) -> list[int]:
+        """Apply merges to one pre-token's byte ids: always the pair with the best (lowest) rank first.
+
+        The loop as the book writes it: each round scans every adjacent pair, so a pre-token of ``n`` bytes
+        costs up to ``n`` rounds of ``O(n)``: quadratic. :meth:`apply_merges` gives the same result faster.
+        """
         ranks = self._ranks
         while len(ids) > 1:
             best = min(zip(ids, ids[1:]), key=lambda p: ranks.get(p, float("inf")))
@@ -411,21 +526,71 @@ class BPETokenizer:
             ids = merge_pair(ids, best, self._merged[best])
         return ids
 
+    def apply_merges(self, ids: list[int]) -> list[int]:
+        """Same result as :meth:`apply_merges_simple`, in ``O(n log n)`` for a pre-token of ``n`` byte ids.
+
+        The parts form a doubly linked list (``nxt`` / ``prv`` indices; a merged-away part is marked dead), and
+        a heap holds ``(rank, position)`` of every adjacent pair that has a merge. Popping gives the best rank,
+        and among equal ranks the leftmost pair, which is the order of the simple loop (it merges every
+        occurrence of the best pair left to right, without overlaps). A merge only changes the two pairs
+        around the new part, so only those are pushed; entries that no longer describe a live pair with that
+        rank are skipped when popped (lazy deletion). A merge made at rank ``r`` only creates pairs of higher
+        rank (a merge needs both its parts to exist), so the rounds of the simple loop are never interleaved.
+        """
+        n = len(ids)
+        if n < 2:
+            return list(ids)
+        ranks, merged = self._ranks, self._merged
+        part = list(ids)  # part[i]: the token starting at position i, or None once merged into its left neighbour
+        nxt = list(range(1, n + 1))
+        nxt[-1] = -1
+        prv = list(range(-1, n - 1))
+        heap = [(r, i) for i, pair in enumerate(zip(ids, ids[1:])) if (r := ranks.get(pair)) is not None]
+        heapq.heapify(heap)
+        pop, push = heapq.heappop, heapq.heappush
+        while heap:
+            r, i = pop(heap)
+            j = nxt[i]
+            if part[i] is None or j < 0 or ranks.get((part[i], part[j])) != r:
+                continue  # stale: one of the two parts changed since this entry was pushed
+            part[i] = merged[(part[i], part[j])]
+            part[j] = None
+            nxt[i] = k = nxt[j]
+            if k >= 0:
+                prv[k] = i
+                if (rk := ranks.get((part[i], part[k]))) is not None:
+                    push(heap, (rk, i))
+            h = prv[i]
+            if h >= 0 and (rh := ranks.get((part[h], part[i]))) is not None:
+                push(heap, (rh, h))
+        return [t for t in part if t is not None]
+
+    def _encode_piece(self, piece: str) -> tuple[int, ...]:
+        """One pre-token -> its ids (what the cache stores)."""
+        # (The heap version was measured faster than the simple loop from 4-byte pieces up, so it serves all.)
+        return tuple(self.apply_merges([self.byte_ids[b] for b in piece.encode("utf-8")]))
+
     def encode_ordinary(self, text: str) -> list[int]:
         """Encode with no special-token handling: ``"<|endoftext|>"`` is just text here."""
+        _check_text(text, "encode_ordinary")
+        try:
+            return self._encode_ordinary(text)
+        except UnicodeEncodeError:
+            # Surrogates (a lone "\ud83d", or a pair written as two code points) cannot be UTF-8 encoded; repair
+            # them as tiktoken does: a pair becomes its character, a lone surrogate U+FFFD.
+            return self._encode_ordinary(text.encode("utf-16", "surrogatepass").decode("utf-16", "replace"))
+
+    def _encode_ordinary(self, text: str) -> list[int]:
         out: list[int] = []
-        cache, byte_ids = self._cache, self.byte_ids
+        cached, longest = self._cached_piece, self.max_cached_len
         for tok in self._regex.findall(text):
-            ids = cache.get(tok)
-            if ids is None:
-                ids = cache[tok] = tuple(self._bpe([byte_ids[b] for b in tok.encode("utf-8")]))
-            out.extend(ids)
+            # A huge pre-token (a 1M-character line without spaces) would never be seen again: do not cache it.
+            out.extend(cached(tok) if len(tok) <= longest else self._encode_piece(tok))
         return out
 
     def encode(self, text: str, allowed_special: str | set | frozenset = frozenset(), disallowed_special: str | set | tuple = "all") -> list[int]:
         """Text -> ids, with tiktoken's special-token rules (see the class docstring)."""
-        if not isinstance(text, str):
-            raise TypeError(f"encode takes a string, got {type(text).__name__}")
+        _check_text(text)
         allowed = set(self.special_tokens) if allowed_special == "all" else set(allowed_special)
         unknown = allowed - set(self.special_tokens)
         if unknown:
@@ -449,10 +614,12 @@ class BPETokenizer:
         return out
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        ids = _as_token_ids(ids, self.n_vocab)
         try:
-            return b"".join(self._decoder[int(i)] for i in ids)
-        except KeyError as err:
-            raise KeyError(f"id {err.args[0]} is not in the vocabulary (ids go from 0 to {self.n_vocab - 1})") from None
+            return b"".join(self._decoder[i] for i in ids)
+        except KeyError as err:  # an id inside the range that no token has (a gap in a hand-made vocabulary)
+            raise InvalidTokenIdError(f"id {err.args[0]} is not in the vocabulary (ids go from 0 to "
+                                      f"{self.n_vocab - 1}, and {err.args[0]} is unused)") from None
 
     def decode(self, ids: Iterable[int], errors: str = "replace") -> str:
         """Ids -> text. A token can end inside a multi-byte character; ``errors="replace"`` (tiktoken's default)
@@ -461,7 +628,7 @@ class BPETokenizer:
 
     def token_strings(self, ids: Iterable[int]) -> list[str]:
         """Each id as text, for printing how a string was split (partial characters shown as U+FFFD)."""
-        return [self._decoder[int(i)].decode("utf-8", errors="replace") for i in ids]
+        return [self._decoder[i].decode("utf-8", errors="replace") for i in _as_token_ids(ids, self.n_vocab)]
 
     def __repr__(self) -> str:
         return f"BPETokenizer(n_vocab={self.n_vocab}, merges={len(self.merges)}, special_tokens={list(self.special_tokens)})"

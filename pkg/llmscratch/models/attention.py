@@ -37,6 +37,7 @@ __all__ = [
     "KVCache",
     "ReferenceMultiHeadAttention",
     "reference_attention",
+    "check_attention_mask",
     "attention_matrix_bytes",
     "benchmark_attention",
     "format_benchmark",
@@ -162,7 +163,8 @@ class MultiHeadAttention(nn.Module):
         Returns: ``(batch, seq, d_out)``.
         """
         b, t, past = self._check_input(x, cache)
-        self._check_mask(attention_mask, b, past + t)  # before the cache is written, so an error leaves it intact
+        # Checked before the cache is written, so an error leaves it intact; returned as a bool mask.
+        attention_mask = self._check_mask(attention_mask, b, past + t)
         q, k, v = self.split_qkv(x)
         if cache is not None:
             k, v = cache.append(k, v)
@@ -183,6 +185,15 @@ class MultiHeadAttention(nn.Module):
         if x.dim() != 3 or x.shape[-1] != self.d_in:
             raise ValueError(f"expected x of shape (batch, seq, {self.d_in}), got {tuple(x.shape)}")
         b, t, _ = x.shape
+        w = self.qkv.weight
+        if x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(
+                f"x is {x.dtype} but this module's weights are {w.dtype}; convert the input (x.to({w.dtype})) or "
+                f"the module (module.to({x.dtype})), or run under torch.autocast for mixed precision")
+        if cache is not None and cache.k.shape[0] != b:
+            raise ValueError(
+                f"the KV cache was made for a batch of {cache.k.shape[0]} but x has a batch of {b}; make a new one "
+                f"for this batch (new_cache({b}, ...)), or reorder it with cache.reorder(index) (beam search)")
         past = cache.length if cache is not None else 0
         if past + t > self.context_length:
             raise ValueError(
@@ -192,12 +203,16 @@ class MultiHeadAttention(nn.Module):
         return b, t, past
 
     @staticmethod
-    def _check_mask(attention_mask: torch.Tensor | None, b: int, t_k: int) -> None:
-        if attention_mask is not None and tuple(attention_mask.shape) != (b, t_k):
+    def _check_mask(attention_mask: torch.Tensor | None, b: int, t_k: int) -> torch.Tensor | None:
+        """Validate a padding mask; return it as a bool tensor (True = real token), or None."""
+        if attention_mask is None:
+            return None
+        if tuple(attention_mask.shape) != (b, t_k):
             raise ValueError(
                 f"attention_mask must have shape (batch, cached + new positions) = {(b, t_k)}, got "
                 f"{tuple(attention_mask.shape)}; pass 1 for real tokens and 0 for padding"
             )
+        return check_attention_mask(attention_mask)
 
     def _expand_kv(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """GQA: repeat each K/V head for the ``num_heads // num_kv_heads`` query heads it serves."""
@@ -218,7 +233,6 @@ class MultiHeadAttention(nn.Module):
             allowed = torch.ones(t, t_k, dtype=torch.bool, device=device).tril(diagonal=past)
         allowed = allowed.expand(b, 1, t, t_k)
         if attention_mask is not None:
-            self._check_mask(attention_mask, b, t_k)
             allowed = allowed & attention_mask.to(torch.bool)[:, None, None, :]
             # A query that may see nothing (a padding position with left padding) would give NaN, which then
             # spreads through later layers; let it see itself. Its output is padding and is ignored anyway.
@@ -231,6 +245,32 @@ class MultiHeadAttention(nn.Module):
     def extra_repr(self) -> str:
         return (f"d_in={self.d_in}, d_out={self.d_out}, num_heads={self.num_heads}, "
                 f"num_kv_heads={self.num_kv_heads}, causal={self.causal}, context_length={self.context_length}")
+
+
+def check_attention_mask(mask: torch.Tensor) -> torch.Tensor:
+    """A padding mask (1/True = real token, 0/False = padding) as a bool tensor; anything else raises.
+
+    A float mask is refused: the Hugging Face additive form (0 for tokens, -inf for padding) would be read
+    backwards, and any non-0/1 value would shift the positions computed from the mask. An integer mask must hold
+    only 0 and 1: checked with one min/max reduction (one sync), skipped inside a ``torch.compile`` graph. A bool
+    mask needs no check, which is why the models convert once and pass bool masks to every layer.
+    """
+    if mask.dtype == torch.bool:
+        return mask
+    if mask.is_floating_point() or mask.is_complex():
+        raise TypeError(
+            f"attention_mask must be 0/1 integers or bools (1 = real token, 0 = padding), got a {mask.dtype} "
+            "tensor: a float mask is ambiguous (an additive mask of 0 / -inf would be read backwards). Pass "
+            "(mask > 0.5) for a 0/1 float mask, or (mask == 0) for an additive one")
+    if mask.numel() and not torch.compiler.is_compiling():
+        lo, hi = torch.aminmax(mask)
+        lo, hi = torch.stack([lo, hi]).tolist()
+        if lo < 0 or hi > 1:
+            raise ValueError(
+                f"attention_mask must hold only 0 (padding) and 1 (real token), found {lo if lo < 0 else hi}; "
+                "were token ids passed as the mask? build it as (ids != pad_id).long(), or from the tokenizer's "
+                "attention_mask")
+    return mask.to(torch.bool)
 
 
 def _divisor_hint(d: int, near: int) -> int:
@@ -276,7 +316,7 @@ class ReferenceMultiHeadAttention(MultiHeadAttention):
         """As :meth:`MultiHeadAttention.forward`; with ``return_weights`` also returns the weights
         ``(batch, num_heads, seq, past + seq)``."""
         b, t, past = self._check_input(x, cache)
-        self._check_mask(attention_mask, b, past + t)
+        attention_mask = self._check_mask(attention_mask, b, past + t)
         q, k, v = self.split_qkv(x)  # q (B, H, T, hd), k and v (B, H_kv, T, hd)
         if cache is not None:
             k, v = cache.append(k, v)

@@ -30,11 +30,38 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .attention import KVCache, MultiHeadAttention
+from .attention import KVCache, MultiHeadAttention, check_attention_mask
 from ..losses import fused_linear_cross_entropy
 from .layers import FeedForward, LayerNorm
 
-__all__ = ["GPTConfig", "GPTModel", "TransformerBlock", "PRESETS"]
+__all__ = ["GPTConfig", "GPTModel", "TransformerBlock", "PRESETS", "check_token_ids"]
+
+
+def check_token_ids(idx: torch.Tensor, vocab_size: int, what: str = "idx") -> None:
+    """Raise a ValueError naming the id, the vocabulary and the likely cause when ``idx`` holds an id outside
+    ``[0, vocab_size)``.
+
+    One fused min/max reduction and one device sync; skipped inside a ``torch.compile`` graph (where a
+    data-dependent ``if`` would break the graph). Without it an out-of-range id is an opaque ``IndexError`` on
+    the CPU and a device-side assert that poisons the CUDA context on a GPU.
+    """
+    if idx.numel() == 0 or torch.compiler.is_compiling():
+        return
+    lo, hi = torch.aminmax(idx)
+    lo, hi = torch.stack([lo, hi]).tolist()
+    if lo >= 0 and hi < vocab_size:
+        return
+    bad = lo if lo < 0 else hi
+    if bad == -100:
+        cause = ("-100 is the ignore_index of the loss *targets*, not a token: pad inputs with a real id (e.g. "
+                 "<|endoftext|>, 50256 for GPT-2) and pass attention_mask (0 at the padding)")
+    elif bad < 0:
+        cause = "negative ids are never tokens: pad with a real id and pass attention_mask (0 at the padding)"
+    else:
+        cause = ("the ids come from a tokenizer with a larger vocabulary than the model's (check "
+                 "GPTConfig.vocab_size against the tokenizer's n_vocab)")
+    raise ValueError(f"{what} holds token id {bad}, outside the model's vocabulary (0 to {vocab_size - 1}, "
+                     f"vocab_size={vocab_size}); {cause}")
 
 
 @dataclass
@@ -224,7 +251,9 @@ class GPTModel(nn.Module):
             raise ValueError(f"idx must be token ids of shape (batch, seq), got shape {tuple(idx.shape)}; "
                              "for one sequence use idx.unsqueeze(0)")
         if idx.dtype not in (torch.long, torch.int32, torch.int64):
-            raise TypeError(f"idx must hold integer token ids (torch.long), got {idx.dtype}")
+            raise TypeError(f"idx must hold integer token ids (torch.long), got {idx.dtype}; ids are never "
+                            "fractional: convert with idx.long() (or build them with torch.long)")
+        check_token_ids(idx, self.cfg.vocab_size)
         b, t = idx.shape
         past = cache[0].length if cache else 0
         if past + t > self.cfg.context_length:
@@ -236,15 +265,21 @@ class GPTModel(nn.Module):
         if cache is not None and len(cache) != len(self.blocks):
             raise ValueError(f"cache has {len(cache)} layers but the model has {len(self.blocks)}; "
                              "make it with model.new_cache(batch)")
+        if cache is not None and cache[0].k.shape[0] != b:
+            raise ValueError(f"the KV cache was made for a batch of {cache[0].k.shape[0]} but idx has a batch of "
+                             f"{b}; make one for this batch with model.new_cache({b}) (a cache holds one row per "
+                             "sequence), or cache.reorder(index) each layer to select rows")
+        if attention_mask is not None:
+            if attention_mask.shape != (b, past + t):
+                raise ValueError(
+                    f"attention_mask must have shape (batch, cached + new) = {(b, past + t)}, got "
+                    f"{tuple(attention_mask.shape)}; 1 for real tokens, 0 for padding"
+                )
+            attention_mask = check_attention_mask(attention_mask)  # bool from here on: no check per layer
         if position_ids is None:
             if attention_mask is None:
                 position_ids = torch.arange(past, past + t, device=idx.device).unsqueeze(0)  # (1, T)
             else:
-                if attention_mask.shape != (b, past + t):
-                    raise ValueError(
-                        f"attention_mask must have shape (batch, cached + new) = {(b, past + t)}, got "
-                        f"{tuple(attention_mask.shape)}; 1 for real tokens, 0 for padding"
-                    )
                 # Position of a real token = number of real tokens before it, so padding does not shift positions.
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]  # (B, T)
         x = self.drop_emb(self.tok_emb(idx) + self.pos_emb(position_ids))  # (B, T, d_model)
