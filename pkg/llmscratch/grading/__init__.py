@@ -12,9 +12,10 @@ The command line (``llmscratch release`` / ``llmscratch grade``) is registered b
 
 from __future__ import annotations
 
+from .check import Check, check
 from .release import ReleaseError, release_notebook, release_all, stub_source
 
-__all__ = ["ReleaseError", "release_notebook", "release_all", "stub_source", "add_cli", "grade"]
+__all__ = ["Check", "check", "ReleaseError", "release_notebook", "release_all", "stub_source", "add_cli", "grade"]
 
 
 def grade(*args, **kwargs):
