@@ -300,7 +300,7 @@ def suspicious_code(sub: dict, lab: Lab) -> list[str]:
     forbidden: dict[str, list[str]] = {}
     for g in lab.graded:
         for call in g.get("forbidden", []):
-            pattern = r"(?<![\w.])" + r"\s*\.\s*".join(map(re.escape, call.split("."))) + r"\b"
+            pattern = r"(?<!\w)" + r"\s*\.\s*".join(map(re.escape, call.split("."))) + r"\b"
             if re.search(pattern, text) and call not in forbidden.setdefault(g["exercise"], []):
                 forbidden[g["exercise"]].append(call)
     flags += [f"forbidden call in {ex}: {', '.join(calls)}" for ex, calls in forbidden.items() if calls]

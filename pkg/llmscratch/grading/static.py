@@ -2,7 +2,8 @@
 
 - :func:`lab_problems` — each graded cell is one ``with check("<its id>") as c:`` block, passes references as
   ``want=`` (never positionally), and reads no name that only an editable cell defines: it may read the names
-  it defines itself, builtins, names of the protected ``setup``/``parameters`` cells, the exercise functions
+  it defines itself, builtins, names of the protected ``setup``/``parameters`` cells that no editable cell
+  rebinds (a SMOKE override makes a parameter editable), the exercise functions
   (names a cell holding ``# BEGIN SOLUTION`` defines at top level) and the names listed in the cell's
   metadata ``uses``. A helper (``check_close``) or object (``cfg``, ``_tok``) from an editable cell, or from
   another graded cell, is an error: the student can redefine it, or it is missing when that cell failed.
@@ -141,7 +142,9 @@ def lab_problems(nb: dict, name: str = "lab") -> list[str]:
         own = _defined(tree)
         uses = set((cell.get("metadata") or {}).get("uses") or [])
         for n in sorted({x.id for x in ast.walk(tree) if isinstance(x, ast.Name) and isinstance(x.ctx, ast.Load)}):
-            if n in own or n in _BUILTINS or n in protected or n in exercises or n in uses:
+            if n in own or n in _BUILTINS or n in exercises or n in uses:
+                continue
+            if n in protected and n not in editable_defs:  # a parameter an editable cell rebinds is editable
                 continue
             if n in editable_defs:
                 problems.append(f"{where}: reads {n!r}, which only cell {editable_defs[n]!r} defines; a check imports "
