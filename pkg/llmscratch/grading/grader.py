@@ -639,8 +639,10 @@ def grade(lab: str | Path, submissions: list[str | Path], out: str | Path, roste
             return run_submission(reference_notebook(lab_obj), work, limits, seed, role="reference",
                                   sandbox=use_sandbox)
 
+        read = {s.key: _read_submission(s.path) for s in subs}
+
         def one(i: int, s: _Sub) -> tuple[str, dict]:
-            nb, problem = _read_submission(s.path)
+            nb, problem = read[s.key]
             if problem:
                 return s.key, {"invalid": problem, "cells": {}, "seconds": 0.0}
             flags[s.key] = suspicious_code(nb, lab_obj)
@@ -655,7 +657,8 @@ def grade(lab: str | Path, submissions: list[str | Path], out: str | Path, roste
 
         start = time.monotonic()
         with cf.ThreadPoolExecutor(max_workers=jobs) as pool:
-            ref_future = pool.submit(reference) if subs else None
+            # The reference runs once, alongside the students, unless no submission can be run at all.
+            ref_future = pool.submit(reference) if any(p is None for _, p in read.values()) else None
             futures = {pool.submit(one, i, s): s for i, s in enumerate(subs)}
             for fut in cf.as_completed(futures):
                 s = futures[fut]
@@ -669,9 +672,11 @@ def grade(lab: str | Path, submissions: list[str | Path], out: str | Path, roste
         elapsed = time.monotonic() - start
         if ref is not None:
             _check_reference(ref, lab_obj)
-        verdicts = judge_with_nbval(facts, lab_obj, tmp, Path(ref["obs"])) if subs else {}
-        for f in facts.values():
-            f["threads"] = _more_threads(f, ref, lab_obj)
+            verdicts = judge_with_nbval(facts, lab_obj, tmp, Path(ref["obs"]))
+            for f in facts.values():
+                f["threads"] = _more_threads(f, ref, lab_obj)
+        else:  # nothing ran: every submission is unreadable
+            verdicts = {(key, g["id"]): ("error", f["invalid"]) for key, f in facts.items() for g in lab_obj.graded}
 
     rows, summary_rows = [], []
     exercises = lab_obj.exercises

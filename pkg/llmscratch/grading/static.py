@@ -1,7 +1,7 @@
 """Static checks of the labs' graded cells, and the one rewrite the grader makes to them.
 
-- :func:`lab_problems` — each graded cell is one ``with check("<its id>") as c:`` block, passes references as
-  ``want=`` (never positionally), and reads no name that only an editable cell defines: it may read the names
+- :func:`lab_problems` — each graded cell is one ``with check("<its id>") as c:`` block, draws inputs from ``c``
+  (values fixed in every run could be hard-coded), passes references as ``want=`` (never positionally), and reads no name that only an editable cell defines: it may read the names
   it defines itself, builtins, names of the protected ``setup``/``parameters`` cells that no editable cell
   rebinds (a SMOKE override makes a parameter editable), the exercise functions
   (names a cell holding ``# BEGIN SOLUTION`` defines at top level) and the names listed in the cell's
@@ -25,6 +25,7 @@ __all__ = ["lab_problems", "repeated_exercises", "strip_wants", "exercise_names"
 
 BEGIN = "# BEGIN SOLUTION"
 EXPECTS = ("expect_close", "expect_equal")
+INPUTS = ("randn", "rand", "randint", "random", "randomize", "gen", "seed")
 _BUILTINS = set(dir(builtins)) | {"get_ipython", "display", "__file__"}
 
 #: Repeats that exist today and are waived until the lab rewrite (another issue) removes them. The test of this
@@ -134,6 +135,12 @@ def lab_problems(nb: dict, name: str = "lab") -> list[str]:
         names = [c.args[0].value for c in calls if c.args and isinstance(c.args[0], ast.Constant)]
         if names != [cid]:
             problems.append(f"{where}: needs exactly one `with check({cid!r}) as c:` block (found {names})")
+        handles = {item.optional_vars.id for node in ast.walk(tree) if isinstance(node, ast.With)
+                   for item in node.items if item.context_expr in calls and isinstance(item.optional_vars, ast.Name)}
+        if calls and not any(isinstance(x, ast.Attribute) and isinstance(x.value, ast.Name) and x.value.id in handles
+                             and x.attr in INPUTS for x in ast.walk(tree)):
+            problems.append(f"{where}: draws no input from the check (c.randn, c.randint, c.random, c.randomize, "
+                            "...): its expected values are the same in every run, so a student can hard-code them")
         for node in ast.walk(tree):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in EXPECTS
                     and len(node.args) > 2):
