@@ -56,8 +56,8 @@ from .gradebook import GradingError, check_writable, summary_path, write_gradebo
 from .sandbox import bwrap_command, sandbox_status
 from .static import lab_problems, strip_wants
 
-__all__ = ["GradingError", "summary_path", "Lab", "load_lab", "student_from_filename", "read_roster", "merge_submission",
-           "suspicious_code", "grade", "add_cli", "STATUSES"]
+__all__ = ["GradingError", "summary_path", "Lab", "load_lab", "student_from_filename", "read_roster",
+           "merge_submission", "reference_notebook", "suspicious_code", "grade", "add_cli", "STATUSES"]
 
 STATUSES = ("passed", "failed", "error", "timeout", "missing")
 HERE = Path(__file__).resolve().parent
@@ -265,8 +265,8 @@ def merge_submission(lab: Lab, sub: dict) -> dict:
             cells.append(item)
             continue
         g = graded_by_id[item]
-        cells.append(_fresh_code_cell(item, "# Graded check (the instructor's copy; want= removed by the grader)\n"
-                                      + strip_wants(_src(lab_cells[item])),
+        header = "# Graded check: the instructor's copy, its references removed by the grader\n"
+        cells.append(_fresh_code_cell(item, header + strip_wants(_src(lab_cells[item])),
                                       tags=["graded"], points=g["points"], exercise=g["exercise"]))
     return {"cells": cells, "metadata": copy.deepcopy(lab.nb.get("metadata", {})), "nbformat": 4, "nbformat_minor": 5}
 

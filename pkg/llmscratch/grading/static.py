@@ -1,7 +1,8 @@
 """Static checks of the labs' graded cells, and the one rewrite the grader makes to them.
 
 - :func:`lab_problems` — each graded cell is one ``with check("<its id>") as c:`` block, draws inputs from ``c``
-  (values fixed in every run could be hard-coded), passes references as ``want=`` (never positionally), and reads no name that only an editable cell defines: it may read the names
+  (values fixed in every run could be hard-coded), passes references as ``want=`` (never positionally), and
+  reads no name that only an editable cell defines: it may read the names
   it defines itself, builtins, names of the protected ``setup``/``parameters`` cells that no editable cell
   rebinds (a SMOKE override makes a parameter editable), the exercise functions
   (names a cell holding ``# BEGIN SOLUTION`` defines at top level) and the names listed in the cell's
