@@ -537,3 +537,92 @@ def test_sandbox_works_here_and_require_sandbox_refuses_without_it(tmp_path, mon
         assert any("WITHOUT a sandbox" in m for m in said) and "no sandbox" in summary.iloc[0].flags
     finally:
         sandbox.sandbox_status.cache_clear()
+
+
+# ------------------------------------------------------------------ the check format, without a kernel (fast)
+def _feedback(fn):
+    """The AssertionError message a check block gives in the student's own notebook (None when it passes)."""
+    try:
+        fn()
+    except AssertionError as err:
+        return str(err)
+    return None
+
+
+def test_check_feedback_in_the_students_notebook(monkeypatch):
+    import torch
+
+    from llmscratch.grading import check
+
+    monkeypatch.delenv("LLMSCRATCH_GRADING_DIR", raising=False)
+
+    def dists(f):
+        def run():
+            with check("ex02-check") as c:
+                a, b = c.randn(5, 3), c.randn(7, 3)
+                c.expect_close("pairwise_sq_dists(a, b)", f(a, b), want=lambda: torch.cdist(a, b) ** 2, atol=1e-4)
+        return _feedback(run)
+
+    assert dists(lambda a, b: ((a[:, None] - b[None]) ** 2).sum(-1)) is None
+    assert "expected shape (5, 7), got (7, 5) (the same sizes in another order" in dists(lambda a, b: torch.zeros(7, 5))
+    assert "got None (did you forget a `return`?)" in dists(lambda a, b: None)
+    msg = dists(lambda a, b: torch.cdist(a, b) ** 2 + 1)
+    assert "right shape (5, 7), wrong values: 35 of 35 differ" in msg and "largest difference 1" in msg
+    assert "holds NaN" in dists(lambda a, b: torch.full((5, 7), float("nan")))
+
+    def other(run):
+        return _feedback(lambda: run(check("ex09-check").__enter__()))
+
+    assert "a 0-d tensor: call .item()" in other(lambda c: c.expect_close("loss", torch.tensor(1.0), want=1.0))
+    assert "expected int 3, got float 3.0" in other(lambda c: c.expect_equal("n", 3.0, want=3))
+    assert "expected strictly decreasing values" in other(lambda c: c.expect_property("l", [3, 1, 2], "decreasing"))
+    assert "should raise ValueError, but it returned int 1" in other(
+        lambda c: c.expect_raises("f()", ValueError, lambda: 1))
+    assert "message should mention ['42']" in other(
+        lambda c: c.expect_raises("f()", ValueError, lambda: int("x"), mentions=("42",)))
+    with pytest.raises(NotImplementedError):  # an unsolved exercise fails as unsolved, never as "did not raise"
+        other(lambda c: c.expect_raises("f()", ValueError, lambda: (_ for _ in ()).throw(NotImplementedError())))
+    with pytest.raises(ValueError, match="needs want="):
+        other(lambda c: c.expect_close("x", 1.0))
+
+
+def test_recordings_are_plain_data_and_the_judge_compares_them(tmp_path, monkeypatch):
+    import importlib.util
+
+    import numpy as np
+    import torch
+
+    from llmscratch.grading import check
+
+    spec = importlib.util.spec_from_file_location("j", REPO / "pkg" / "llmscratch" / "grading" / "judge.py")
+    judge = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(judge)
+
+    def record(folder, role, value):
+        monkeypatch.setenv("LLMSCRATCH_GRADING_DIR", str(folder))
+        monkeypatch.setenv("LLMSCRATCH_GRADING_SEED", "7")
+        monkeypatch.setenv("LLMSCRATCH_GRADING_ROLE", role)
+        folder.mkdir()
+        with check("ex07-check") as c:
+            x = c.randn(2, 3)
+            c.expect_equal("to_device(batch)", value(x),
+                           want=lambda: {"t": [x, ("a", 7)], "m": torch.empty(1, device="meta")})
+            c.expect_close("loss", 1.5, want=1.5, atol=0.1)
+        return str(folder)
+
+    ref = judge.load_recording(record(tmp_path / "ref", "reference",
+                                      lambda x: {"t": [x, ("a", 7)], "m": torch.empty(1, device="meta")}), "ex07-check")
+    with np.load(tmp_path / "ref" / "ex07-check.npz", allow_pickle=False) as z:  # plain arrays, no objects
+        assert z.files and all(z[k].dtype != object for k in z.files)
+    good = record(tmp_path / "good", "student", lambda x: {"t": [x.clone(), ("a", 7)],
+                                                          "m": torch.empty(1, device="meta")})
+    bad = record(tmp_path / "bad", "student", lambda x: {"t": [x.T, ["a", 7]], "m": torch.empty(1)})
+    assert judge.verdict({"obs": good, "cells": {}}, "ex07-check", ref) == ("passed", "")
+    status, reason = judge.verdict({"obs": bad, "cells": {}}, "ex07-check", ref)
+    assert status == "failed" and "to_device(batch)['t'][0]: expected shape (2, 3), got (3, 2)" in reason
+    # A recording that is not plain data is refused, not unpickled; a missing one says why.
+    (tmp_path / "bad" / "ex07-check.npz").write_bytes(b"not a zip")
+    assert judge.verdict({"obs": bad, "cells": {}}, "ex07-check", ref)[1].startswith("this check's recording cannot")
+    unsolved = {"obs": str(tmp_path), "cells": {"ex07-check": {"completed": True, "errors": [
+        ["NotImplementedError", "implement it"]]}}}
+    assert judge.verdict(unsolved, "ex07-check", ref) == ("failed", "NotImplementedError: implement it")
