@@ -534,7 +534,7 @@ def test_sandbox_works_here_and_require_sandbox_refuses_without_it(tmp_path, mon
             grade(LAB, [sub], tmp_path / "o.csv", require_sandbox=True, log=lambda *_: None)
         said = []
         book, summary = grade(LAB, [sub], tmp_path / "o.csv", log=said.append)
-        assert any("WITHOUT a sandbox" in m for m in said) and "no sandbox" in summary.iloc[0].flags
+        assert any("WITHOUT a sandbox" in m for m in said) and "no sandbox" in summary.iloc[0]["flags"]
     finally:
         sandbox.sandbox_status.cache_clear()
 

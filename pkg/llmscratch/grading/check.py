@@ -27,7 +27,7 @@ Rules for authors (``llmscratch release --check`` enforces the first three):
    uses (nothing from an editable cell except the exercise's own functions).
 2. The reference goes into ``want=`` (a value, or a ``lambda`` when it takes work): it is for the student's
    feedback only and never reaches the student's kernel under the grader. Never compute it in a separate line.
-3. Item names are unique within a check, and say what was called (they are the messages' subjects).
+3. Item names say what was called (they are the messages' subjects); a repeated name is numbered (``#2``).
 4. Draw inputs from ``c`` (``c.randn``, ``c.randint``, ``c.random``, ``c.randomize(module)``); entering the
    block also seeds torch, ``random`` and numpy from the run's seed and the cell id, so models built inside
    get the same weights in the student's run and the instructor's.
@@ -212,8 +212,13 @@ class Check:
     def _store(self, name: str, enc: dict, spec: dict) -> None:
         if self._closed:
             raise RuntimeError(f"check {self.name!r} is closed; record inside its `with` block")
-        if not isinstance(name, str) or not name or name in self._items:
-            raise ValueError(f"{self.name}: item names must be unique non-empty strings, got {name!r} twice")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{self.name}: an item needs a non-empty name (what was called), got {name!r}")
+        if name in self._items:  # random cases can repeat a name: number the repeats, the same way in both runs
+            k = 2
+            while f"{name} #{k}" in self._items:
+                k += 1
+            name = f"{name} #{k}"
         if len(self._items) >= _MAX_ITEMS:
             raise ValueError(f"{self.name}: more than {_MAX_ITEMS} recorded items")
         self._items[name] = {**spec, "value": enc}

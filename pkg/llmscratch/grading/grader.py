@@ -636,7 +636,11 @@ def grade(lab: str | Path, submissions: list[str | Path], out: str | Path, roste
         def reference() -> dict:
             work = tmp / "reference"
             work.mkdir()
-            return run_submission(reference_notebook(lab_obj), work, limits, seed, role="reference",
+            # The lab is trusted code: its run gets generous time limits, so that a tight --timeout meant for
+            # students never leaves grading without a reference.
+            ref_limits = Limits(cell_timeout=max(cell_timeout, 300), total_timeout=max(total_timeout, 1800),
+                                memory_mb=memory_mb)
+            return run_submission(reference_notebook(lab_obj), work, ref_limits, seed, role="reference",
                                   sandbox=use_sandbox)
 
         read = {s.key: _read_submission(s.path) for s in subs}
