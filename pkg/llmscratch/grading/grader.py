@@ -397,10 +397,14 @@ def run_submission(exec_nb: dict, workdir: Path, limits: Limits, seed: int, role
            "output": str(workdir / "executed.ipynb") if keep else None}
     facts: dict[str, Any] = {"cells": {}, "limits": {"cell": limits.cell_timeout, "total": limits.total_timeout},
                              "obs": str(obs)}
-    env = _kernel_env(workdir, {GRADING_DIR_ENV: str(obs), GRADING_SEED_ENV: str(seed), GRADING_ROLE_ENV: role})
+    from ..data import CACHE_ENV, cache_dir
+
+    cache = cache_dir()  # the instructor's data cache, read-only for the kernel (its HOME is the scratch folder)
+    env = _kernel_env(workdir, {GRADING_DIR_ENV: str(obs), GRADING_SEED_ENV: str(seed), GRADING_ROLE_ENV: role,
+                                CACHE_ENV: str(cache)})
     cmd = [_python(), str(HERE / "_worker.py")]
     if sandbox:
-        cmd = bwrap_command(cmd, workdir, data_dir=os.environ.get("LLMSCRATCH_DATA"))
+        cmd = bwrap_command(cmd, workdir, data_dirs=[os.environ.get("LLMSCRATCH_DATA", ""), str(cache)])
     start = time.monotonic()
     with open(workdir / "worker.log", "wb") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log,

@@ -2,7 +2,7 @@
 
 Inside, the process sees a read-only view of only what a kernel needs (the system's ``/usr``, ``/lib*``,
 ``/bin``, ``/etc``; the Python installation and virtual environment; the folder that holds the ``llmscratch``
-package; the data folder), one writable folder (the submission's scratch folder), a private ``/tmp``, its own
+package; the data folder ``$LLMSCRATCH_DATA`` and the user's data cache), one writable folder (the submission's scratch folder), a private ``/tmp``, its own
 ``/proc`` and ``/dev``, no network (a new network namespace with only loopback, which the kernel's ZMQ sockets
 need), and new PID/IPC/UTS namespaces; it dies with the grader. The instructor's checkout (``solutions/``),
 the gradebook and the other submissions are simply not there. The time, memory and file-size limits are set by
@@ -49,14 +49,13 @@ def sandbox_status() -> tuple[bool, str]:
     return True, f"bubblewrap sandbox ({exe})"
 
 
-def read_only_paths(data_dir: str | None = None) -> list[Path]:
-    """The folders the kernel needs to read: Python, the venv, the package's parent folder, the data folder."""
+def read_only_paths(data_dirs: list[str] = ()) -> list[Path]:
+    """The folders the kernel needs to read: Python, the venv, the package's parent folder, the data folders."""
     import llmscratch
 
     paths = [Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(), Path(sys.executable).resolve().parent,
              Path(llmscratch.__file__).resolve().parent.parent]
-    if data_dir and Path(data_dir).is_dir():
-        paths.append(Path(data_dir).resolve())
+    paths += [Path(d).resolve() for d in data_dirs if d and Path(d).is_dir()]
     out = []
     for p in paths:  # keep the outermost folders only, without duplicates
         if p.is_dir() and not any(p == q or q in p.parents for q in out) and str(p) not in _SYSTEM:
@@ -64,7 +63,7 @@ def read_only_paths(data_dir: str | None = None) -> list[Path]:
     return out
 
 
-def bwrap_command(cmd: list[str], scratch: Path, data_dir: str | None = None) -> list[str]:
+def bwrap_command(cmd: list[str], scratch: Path, data_dirs: list[str] = ()) -> list[str]:
     """``cmd`` wrapped in bwrap: read-only system and Python, ``scratch`` writable, private /tmp, no network."""
     exe = shutil.which("bwrap") or "bwrap"
     args = [exe, "--unshare-all", "--die-with-parent", "--new-session", "--hostname", "sandbox"]
@@ -72,7 +71,7 @@ def bwrap_command(cmd: list[str], scratch: Path, data_dir: str | None = None) ->
         if os.path.exists(p):
             args += ["--ro-bind", p, p] if not os.path.islink(p) else ["--symlink", os.readlink(p), p]
     args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/dev/shm"]
-    for p in read_only_paths(data_dir):
+    for p in read_only_paths(data_dirs):
         args += ["--ro-bind", str(p), str(p)]
     scratch = Path(scratch).resolve()
     args += ["--bind", str(scratch), str(scratch), "--chdir", str(scratch), "--"]
