@@ -9,7 +9,6 @@ exercise zero.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import subprocess

@@ -175,8 +175,8 @@ def test_exercises_folder_is_what_release_writes():
 
 
 # ------------------------------------------------------------------------- the static checks of graded cells
-from llmscratch.grading.static import (KNOWN_REPEATS, all_problems, lab_problems,  # noqa: E402
-                                       repeated_exercises, strip_wants)
+from llmscratch.grading.static import (KNOWN_REPEATS, all_problems, exercise_names,  # noqa: E402
+                                       lab_problems, repeated_exercises, strip_wants)
 
 EXERCISE = "def norm2(x):\n    # BEGIN SOLUTION\n    return (x**2).sum()\n    # END SOLUTION\n"
 HELPERS = "import torch\nSCALE = 2\n\ndef check_close(a, b):\n    assert a == b\n"
@@ -246,7 +246,6 @@ def test_the_labs_pass_the_static_checks_and_the_waived_repeats_still_exist():
     labs = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in sorted((REPO / "solutions").glob("*.ipynb"))}
     for key, where in KNOWN_REPEATS.items():  # when a lab rewrite removes a repeat, delete its waiver
         name = key.split(" ", 1)[1]
-        from llmscratch.grading.static import exercise_names
         assert [lab for lab in labs if name in exercise_names(labs[lab])] == list(where), key
 
 
