@@ -266,3 +266,16 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
     (tmp_path / "a" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="not BERT"):
         BertModel.from_pretrained(tmp_path / "a")
+
+
+def test_all_padding_row_gives_no_nan_and_leaves_other_rows_alone():
+    torch.manual_seed(14)
+    model = BertModel(BertConfig(**SMALL)).eval()
+    ids, mask, types = batch(seed=15)
+    mask2 = mask.clone()
+    mask2[3] = 0  # a row with no real token at all
+    with torch.no_grad():
+        out = model(ids, mask2, types).last_hidden_state
+        ref = model(ids, mask, types).last_hidden_state
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[:3], ref[:3])

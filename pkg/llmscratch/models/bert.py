@@ -46,7 +46,7 @@ from .gpt import GPTModel, _read_state_dict, _resolve_checkpoint
 from .layers import GELU, FeedForward, LayerNorm, ResidualSublayer
 
 __all__ = ["BertConfig", "BertModel", "BertOutput", "BertForMaskedLM", "BertForSequenceClassification",
-           "BertLayer", "BERT_PRESETS"]
+           "BertLayer", "BertSelfAttention", "key_padding_mask", "BERT_PRESETS"]
 
 IGNORE_INDEX = -100
 _ACTIVATIONS = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}  # HF name -> GELU approximate
@@ -162,6 +162,36 @@ class BertEmbeddings(nn.Module):
         return self.dropout(self.norm(x))
 
 
+def key_padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """``(batch, seq)`` 1/0 mask -> boolean ``(batch, 1, 1, seq)``: True where a key may be attended to.
+
+    Broadcast over heads and queries, so no ``(seq, seq)`` matrix is ever built. A row that is all padding would
+    leave its queries nothing to attend to (NaN after the softmax); such a row attends to every position instead
+    (its outputs are padding, which nothing reads).
+    """
+    allowed = attention_mask.to(torch.bool)[:, None, None, :]
+    return allowed | ~allowed.any(dim=-1, keepdim=True)
+
+
+class BertSelfAttention(MultiHeadAttention):
+    """:class:`~llmscratch.models.attention.MultiHeadAttention`, bidirectional, taking the padding mask already
+    in SDPA's broadcastable form (:func:`key_padding_mask`, built once per forward pass by :class:`BertModel`).
+
+    The parent class builds a ``(batch, 1, seq, seq)`` mask in every layer, as a causal decoder with a cache
+    needs; an encoder only ever masks key *columns*. Skipping that work is what makes classifier inference on
+    padded batches faster than ``transformers``' on a CPU (``benchmarks/bert.py``). Same parameters and names
+    (``qkv``, ``proj``), so a state dict, ``split_qkv`` and the reference path of the parent all still apply.
+    """
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` ``(batch, seq, hidden)``, ``key_mask`` ``(batch, 1, 1, seq)`` bool or None -> ``(batch, seq, hidden)``."""
+        b, t, _ = self._check_input(x, None)
+        q, k, v = self.split_qkv(x)  # (B, heads, T, head_dim) each
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(b, t, self.d_out))
+
+
 class BertLayer(nn.Module):
     """One post-LN encoder layer: ``norm(x + attn(x))`` then ``norm(x + ff(x))``; ``(B, T, H)`` -> ``(B, T, H)``.
 
@@ -171,9 +201,9 @@ class BertLayer(nn.Module):
 
     def __init__(self, cfg: BertConfig):
         super().__init__()
-        mha = MultiHeadAttention(cfg.hidden_size, cfg.hidden_size, cfg.num_attention_heads,
-                                 cfg.max_position_embeddings, dropout=cfg.attention_probs_dropout_prob,
-                                 qkv_bias=True, causal=False)
+        mha = BertSelfAttention(cfg.hidden_size, cfg.hidden_size, cfg.num_attention_heads,
+                                cfg.max_position_embeddings, dropout=cfg.attention_probs_dropout_prob,
+                                qkv_bias=True, causal=False)
         ff = FeedForward(cfg.hidden_size, cfg.intermediate_size, dropout=0.0,
                          approximate=_ACTIVATIONS[cfg.hidden_act])
         self.attn = ResidualSublayer(cfg.hidden_size, mha, norm="post", dropout=cfg.hidden_dropout_prob,
@@ -182,11 +212,13 @@ class BertLayer(nn.Module):
                                    eps=cfg.layer_norm_eps)
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                output_attentions: bool = False):
+                output_attentions: bool = False, key_mask: torch.Tensor | None = None):
         """Returns ``(batch, seq, hidden)``, or ``(that, weights (batch, heads, seq, seq))`` with
-        ``output_attentions``."""
+        ``output_attentions``. ``key_mask``: :func:`key_padding_mask` of ``attention_mask``, if already made."""
         if not output_attentions:
-            return self.ff(self.attn(x, attention_mask=attention_mask))
+            if key_mask is None and attention_mask is not None:
+                key_mask = key_padding_mask(attention_mask)
+            return self.ff(self.attn(x, key_mask=key_mask))
         # The explicit path: same parameters, weights materialised (ReferenceMultiHeadAttention's forward).
         y, weights = ReferenceMultiHeadAttention.forward(self.attn.sublayer, x, attention_mask,
                                                          return_weights=True)
@@ -369,13 +401,14 @@ class BertModel(_Pretrained, nn.Module):
         if position_ids is None:
             position_ids = torch.arange(t, device=input_ids.device).unsqueeze(0)  # (1, T)
         x = self.embeddings(input_ids, token_type_ids, position_ids)  # (B, T, H)
+        key_mask = key_padding_mask(attention_mask) if attention_mask is not None else None  # once, not per layer
         attentions = []
         for layer in self.layers:
             if output_attentions:
                 x, weights = layer(x, attention_mask, output_attentions=True)
                 attentions.append(weights)
             else:
-                x = layer(x, attention_mask)
+                x = layer(x, key_mask=key_mask)
         pooled = torch.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None  # the [CLS] position
         return BertOutput(x, pooled, tuple(attentions) if output_attentions else None)
 
