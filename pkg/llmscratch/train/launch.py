@@ -9,7 +9,8 @@
 :class:`llmscratch.train.Trainer` three ways: DDP, ZeRO-1 (``ZeroRedundancyOptimizer``) and FSDP2
 (``fully_shard``); it writes each run's weights (``ddp.pt``, ``zero1.pt``, ``fsdp.pt``) and every rank's
 optimizer-state bytes. It also stops a DDP run half-way with a checkpoint (``ckpt/last.pt``), and with
-``--resume-from`` it continues such a checkpoint, on any number of processes, into ``resumed.pt``.
+``--resume-from`` it then continues such a checkpoint (written by a run on any number of processes) to
+``--steps`` into ``resumed.pt``.
 ``model-parallel`` (2 processes) checks tensor parallelism (by hand and with ``torch.distributed.tensor``)
 and a two-stage GPipe pipeline against the full model computed in the same process, and writes the largest
 differences. Everything lands in ``--out`` (``results.json`` plus the weight files), written by rank 0.
@@ -108,12 +109,6 @@ def _train(kind: str, steps: int, global_batch: int, accumulation: int, checkpoi
 
 def data_parallel(args, results: dict) -> None:
     out = Path(args.out)
-    if args.resume_from:
-        trainer, _ = _train("ddp", args.steps, args.global_batch, args.accumulation, resume_from=args.resume_from)
-        state = _full_state(trainer.model)
-        if D.is_main_process():
-            _save(state, out / "resumed.pt")
-        return
     for kind in ("ddp", "zero1", "fsdp") if D.is_distributed() else ("ddp",):
         trainer, opt_bytes = _train(kind, args.steps, args.global_batch, args.accumulation)
         state = _full_state(trainer.model)
@@ -124,6 +119,11 @@ def data_parallel(args, results: dict) -> None:
                              "world_size": D.world_size()}
     # Stopped half-way with a checkpoint, for --resume-from (on this or another number of processes).
     _train("ddp", args.steps // 2, args.global_batch, args.accumulation, checkpoint_dir=out / "ckpt")
+    if args.resume_from:
+        trainer, _ = _train("ddp", args.steps, args.global_batch, args.accumulation, resume_from=args.resume_from)
+        state = _full_state(trainer.model)
+        if D.is_main_process():
+            _save(state, out / "resumed.pt")
 
 
 def model_parallel(args, results: dict) -> None:
@@ -226,10 +226,10 @@ def main(argv=None) -> None:
     try:
         if args.mode in ("data-parallel", "all"):
             data_parallel(args, results)
-        if args.mode in ("model-parallel", "all") and not args.resume_from:
+        if args.mode in ("model-parallel", "all"):
             model_parallel(args, results)
         if D.is_main_process():
-            with atomic_write(out / ("results_resume.json" if args.resume_from else "results.json"), "w") as f:
+            with atomic_write(out / "results.json", "w") as f:
                 json.dump(results, f, indent=1)
     finally:
         D.cleanup()

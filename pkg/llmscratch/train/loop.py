@@ -491,6 +491,11 @@ class Trainer:
         Under torchrun every process calls it: a ``ZeroRedundancyOptimizer`` first gathers its shards on rank 0,
         rank 0 writes the file (the other ranks wait at a barrier), and all continue once it is complete."""
         path = Path(path)
+        if D.is_sharded(self.model):
+            raise NotImplementedError(
+                "Trainer checkpoints hold whole tensors, and this model is sharded (FSDP2 / tensor parallel): save "
+                "it with torch.distributed.checkpoint (each rank writes its shards), or train with DDP or ZeRO-1 "
+                "(ZeroRedundancyOptimizer) to use checkpoint_dir")
         if hasattr(self.optimizer, "consolidate_state_dict"):  # ZeRO-1: every rank must take part
             self.optimizer.consolidate_state_dict(to=0)
         D.barrier()
