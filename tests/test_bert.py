@@ -279,3 +279,24 @@ def test_all_padding_row_gives_no_nan_and_leaves_other_rows_alone():
         ref = model(ids, mask, types).last_hidden_state
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out[:3], ref[:3])
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_gradient_checkpointing_gives_the_same_gradients_and_saves_memory(dropout):
+    from llmscratch.train import saved_activation_bytes
+
+    ids, mask, types = batch()
+    labels = torch.where(torch.rand(ids.shape, generator=torch.Generator().manual_seed(3)) < 0.3, ids, -100)
+    grads, saved = [], []
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        model = BertForMaskedLM(BertConfig(**SMALL, hidden_dropout_prob=dropout,
+                                           attention_probs_dropout_prob=dropout,
+                                           gradient_checkpointing=recompute))
+        torch.manual_seed(7)  # the same dropout masks: the recomputation replays the RNG state
+        model.loss(ids, labels, attention_mask=mask, token_type_ids=types).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+        saved.append(saved_activation_bytes(lambda: model(ids, attention_mask=mask, token_type_ids=types),
+                                            exclude=model))
+    assert (grads[0] - grads[1]).abs().max() <= 1e-6
+    assert saved[1] < saved[0] / 2, f"checkpointing saved {saved[1]} bytes vs {saved[0]} without"

@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .attention import MultiHeadAttention, ReferenceMultiHeadAttention
 from .gpt import GPTModel, _read_state_dict, _resolve_checkpoint
@@ -58,7 +59,9 @@ class BertConfig:
 
     The defaults are BERT-base (110M parameters). ``intermediate_size`` is ``4 * hidden_size`` in every released
     BERT; ``hidden_act="gelu"`` is the exact (erf) GELU, ``"gelu_new"`` the tanh approximation.
-    ``classifier_dropout=None`` means: use ``hidden_dropout_prob``.
+    ``classifier_dropout=None`` means: use ``hidden_dropout_prob``. ``gradient_checkpointing`` recomputes each
+    layer's activations in the backward pass instead of storing them (``torch.utils.checkpoint``, non-reentrant):
+    the same gradients for less memory and about one more forward pass of time (chapter 8).
     """
 
     vocab_size: int = 30522
@@ -75,6 +78,7 @@ class BertConfig:
     pad_token_id: int = 0
     num_labels: int = 2
     classifier_dropout: float | None = None
+    gradient_checkpointing: bool = False
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -327,7 +331,7 @@ class _Pretrained:
             state = {k.removeprefix("bert."): v for k, v in state.items()}
         cfg = self.cfg
         hf_config = {"architectures": [self._hf_architecture], "model_type": "bert",
-                     **{k: v for k, v in asdict(cfg).items() if k != "num_labels"},
+                     **{k: v for k, v in asdict(cfg).items() if k not in ("num_labels", "gradient_checkpointing")},
                      "id2label": {str(i): f"LABEL_{i}" for i in range(cfg.num_labels)},
                      "label2id": {f"LABEL_{i}": i for i in range(cfg.num_labels)},
                      "initializer_range": 0.02, "tie_word_embeddings": True, "is_decoder": False}
@@ -403,10 +407,14 @@ class BertModel(_Pretrained, nn.Module):
         x = self.embeddings(input_ids, token_type_ids, position_ids)  # (B, T, H)
         key_mask = key_padding_mask(attention_mask) if attention_mask is not None else None  # once, not per layer
         attentions = []
+        recompute = self.cfg.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.layers:
             if output_attentions:
                 x, weights = layer(x, attention_mask, output_attentions=True)
                 attentions.append(weights)
+            elif recompute:
+                # Non-reentrant: replays the RNG state, so dropout draws the same masks when recomputing.
+                x = checkpoint(layer, x, key_mask=key_mask, use_reentrant=False)
             else:
                 x = layer(x, key_mask=key_mask)
         pooled = torch.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None  # the [CLS] position
