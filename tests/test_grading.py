@@ -25,8 +25,8 @@ from llmscratch.grading.sandbox import sandbox_status
 
 LAB = REPO / "solutions" / "ch00_pytorch_warmup.ipynb"
 EXERCISE = REPO / "exercises" / "ch00_pytorch_warmup.ipynb"
-MAX = {"ex01_split_heads": 3, "ex02_broadcasting": 2, "ex03_autograd": 2, "ex04_module": 3, "ex05_train_step": 3,
-       "ex06_dataset": 3, "ex07_device": 2}
+MAX = {"ex01_cross_entropy": 3, "ex02_broadcasting": 2, "ex03_autograd": 2, "ex04_module": 3, "ex05_train_step": 3,
+       "ex06_evaluate": 2, "ex07_state_dict": 2, "ex08_lr_experiment": 3}
 ALL = list(MAX)
 
 pytestmark = pytest.mark.slow
@@ -83,8 +83,8 @@ for obj in gc.get_objects():
     if isinstance(obj, dict):
         hits += [k for k in obj if isinstance(k, str) and any(w in k.lower() for w in ("secret", "token", "nonce"))]
 print(len(hits), "secret-like names")
-for cid in ("ex01-check-shape", "ex01-check-divisible", "ex02-check", "ex03-check", "ex04-check-forward",
-            "ex04-check-params", "ex05-check", "ex06-check-items", "ex06-check-loader", "ex07-check"):
+for cid in ("ex01-check-values", "ex01-check-large", "ex02-check", "ex03-check", "ex04-check-forward",
+            "ex04-check-params", "ex05-check", "ex06-check", "ex07-check", "ex08-check-critical", "ex08-check-sweep"):
     print(f"LLMSCRATCH-CHECK-PASSED {cid} " + "0" * 64)
 print('LLMSCRATCH-VERDICT {"status": "passed", "reason": ""}')
 """
@@ -138,19 +138,20 @@ expect_close = expect_equal = lambda *a, **k: None
 """
 
 WRONG_ANSWERS = {
-    "ex01-solution": "def split_heads(x, n_heads):\n    return x\n",
+    "ex01-solution": "def cross_entropy_by_hand(logits, targets):\n    return logits.mean()\n",
     "ex02-solution": "def pairwise_sq_dists(a, b):\n    return a\n",
     "ex03-solution": "def grad_of_f(x):\n    return x\n",
     "ex05-solution": "def train_step(model, optimizer, x, y):\n    return 0.0\n",
-    "ex07-solution": "def to_device(batch, device):\n    return batch\n",
+    "ex07-solution": "def save_weights(model, path):\n    pass\ndef load_weights(model, path):\n    return model\n",
 }
-WRONG = {"ex01_split_heads": (0, "failed", "expected shape (2, 4, 5, 3), got (2, 5, 12)"),
+WRONG = {"ex01_cross_entropy": (0, "failed", "wrong values"),
          "ex02_broadcasting": (0, "failed", "expected shape (5, 7), got (5, 3)"),
          "ex03_autograd": (0, "failed", "wrong values"),
          "ex04_module": (0, "failed", "NotImplementedError"),
          "ex05_train_step": (0, "failed", "the losses train_step returned (3 steps, SGD lr=0.1)[0]: expected"),
-         "ex06_dataset": (0, "failed", "NotImplementedError"),
-         "ex07_device": (0, "failed", "on device meta, got one on device cpu")}
+         "ex06_evaluate": (0, "failed", "NotImplementedError"),
+         "ex07_state_dict": (0, "failed", "FileNotFoundError"),
+         "ex08_lr_experiment": (0, "failed", "NotImplementedError")}
 
 
 def _published_outputs():
@@ -200,8 +201,9 @@ def _cases(tmp, server_port):
 
     nb = _solved()
     _insert_after(nb, "smoke", "hog", "hog = bytearray(64 * 2**30)  # 64 GiB\n")
-    _set(nb, "ex07-solution", "def to_device(batch, device):\n    return torch.empty(2**40)\n")
-    cases["memory.ipynb"] = (nb, {**full, "ex07_device": (0, "failed", "RuntimeError")})
+    _set(nb, "ex07-solution", "def save_weights(model, path):\n    return torch.empty(2**40)\n"
+                              "def load_weights(model, path):\n    return model\n")
+    cases["memory.ipynb"] = (nb, {**full, "ex07_state_dict": (0, "failed", "RuntimeError")})
 
     nb = _solved()
     _insert_after(nb, "ex01-try", "flood", "import sys\nfor _ in range(200):\n    sys.stdout.write('y' * 100_000)\n")
@@ -219,7 +221,7 @@ def _cases(tmp, server_port):
 
     # The same on a solved notebook: the deleted / edited checks come back and pass, points stay the lab's.
     nb = _solved()
-    nb["cells"] = [c for c in nb["cells"] if c.get("id") not in ("ex02-check", "ex06-check-loader")]
+    nb["cells"] = [c for c in nb["cells"] if c.get("id") not in ("ex02-check", "ex06-check")]
     _cell(nb, "ex03-check")["metadata"]["points"] = 50
     cases["deleted_checks.ipynb"] = (nb, full)
 
@@ -357,7 +359,7 @@ def test_submission_graded_exactly(batch, name):
         if status == "passed":
             assert row.reason == ""
     s = summary[summary.student == student].iloc[0]
-    assert s.points == sum(p for p, _, _ in expected.values()) and s.max_points == 18
+    assert s.points == sum(p for p, _, _ in expected.values()) and s.max_points == 20
 
 
 def test_summary_status_and_flags(batch):
@@ -391,7 +393,7 @@ def test_merge_restores_checks_and_reinserts_deleted_ones():
     nb["cells"].remove(moved)
     nb["cells"].append(moved)  # parameters cell moved to the end: it goes back to the top
     _set(nb, "parameters", "SMOKE = False\nN_SAMPLES = 10**9\n")
-    nb["cells"] = [c for c in nb["cells"] if c.get("id") not in ("ex01-check-shape", "ex07-check")]
+    nb["cells"] = [c for c in nb["cells"] if c.get("id") not in ("ex01-check-values", "ex07-check")]
     _cell(nb, "ex05-solution")["metadata"]["tags"] = ["graded"]  # a student cell cannot make itself graded
     _cell(nb, "ex05-solution")["metadata"]["points"] = 99
     nb["cells"] += [17, "text", {"cell_type": "code", "source": 42}, {"cell_type": "code", "id": "setup"},
@@ -401,7 +403,7 @@ def test_merge_restores_checks_and_reinserts_deleted_ones():
     assert len(ids) == len(set(ids))  # a duplicated check is dropped, odd cells are skipped
     assert ids[:2] == ["setup", "parameters"]
     assert "N_SAMPLES = 2048" in merged["cells"][1]["source"]
-    assert ids.index("ex01-check-shape") == ids.index("ex01-try") + 1
+    assert ids.index("ex01-check-values") == ids.index("ex01-try") + 1
     assert ids.index("ex07-check") == ids.index("ex07-solution") + 1
     assert ids.index("ex02-check") == ids.index("ex02-solution") + 1  # the later duplicate was dropped
     graded = [c["id"] for c in merged["cells"] if "graded" in c["metadata"]["tags"]]

@@ -31,10 +31,7 @@ _BUILTINS = set(dir(builtins)) | {"get_ipython", "display", "__file__"}
 
 #: Repeats that exist today and are waived until the lab rewrite (another issue) removes them. The test of this
 #: module fails when a waived repeat disappears, so that the waiver is deleted with it.
-KNOWN_REPEATS = {
-    "function split_heads": ("ch00_pytorch_warmup", "ch02_attention"),
-    "function make_windows": ("ch01_text_to_vectors", "ch03_gpt"),
-}
+KNOWN_REPEATS: dict[str, tuple[str, ...]] = {}
 
 
 def _src(cell: dict) -> str:
