@@ -57,6 +57,7 @@ def main() -> int:
     from nbclient.exceptions import DeadKernelError
     from nbclient.util import run_sync
     from papermill.engines import papermill_engines
+    from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
 
     cap_cell, cap_total = int(job["max_output_cell"]), int(job["max_output_total"])
@@ -110,7 +111,9 @@ def main() -> int:
     nbclient.client.NotebookClient.async_execute_cell = reporting_execute
     nbclient.client.NotebookClient.execute_cell = run_sync(reporting_execute)  # the sync alias papermill calls
 
-    nb = nbformat.read(job["notebook"], as_version=4)
+    # papermill's loader, not nbformat.read: it adds the metadata papermill's engine writes into, so a lab that
+    # papermill never ran grades too.
+    nb = load_notebook_node(job["notebook"])
     nb = parameterize_notebook(nb, job["parameters"], report_mode=False)
     emit(event="start")
     status = "done"
