@@ -184,3 +184,77 @@ def test_clear_errors():
         apply_lora(model, r=2, alpha=2)
     with pytest.raises(ValueError, match="no LoRA layers"):
         merge_lora(gpt())
+
+
+# ---------------------------------------------------------------------- the peft folder format, both ways
+# Imported per test, so that the LoRA tests above still run where peft is not installed.
+def hf_libs():
+    return pytest.importorskip("transformers"), pytest.importorskip("peft")
+
+HF_GPT2 = dict(vocab_size=97, n_positions=32, n_embd=32, n_layer=2, n_head=4, resid_pdrop=0.0, embd_pdrop=0.0,
+               attn_pdrop=0.0)
+GPT2_TARGETS = {"attn.qkv": "attn.c_attn", "attn.proj": "attn.c_proj", "ff.fc": "mlp.c_fc", "ff.proj": "mlp.c_proj"}
+
+
+@pytest.fixture(scope="module")
+def gpt2_folder(tmp_path_factory):
+    """A random small transformers GPT-2, biases and LayerNorms randomised too, saved as a Hugging Face folder."""
+    transformers, _ = hf_libs()
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**HF_GPT2, initializer_range=0.2))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or ".ln_" in name:
+                p.add_(0.2 * torch.randn_like(p))
+    folder = tmp_path_factory.mktemp("gpt2")
+    model.save_pretrained(folder)
+    return folder
+
+
+def hf_gpt2(folder):
+    transformers, _ = hf_libs()
+    return transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
+
+
+@pytest.mark.parametrize("use_rslora", [False, True])
+def test_export_gpt2_adapter_loads_in_peft_with_equal_logits(gpt2_folder, tmp_path, use_rslora):
+    _, peft = hf_libs()
+    ours = GPTModel.from_pretrained(gpt2_folder).eval()
+    apply_lora(ours, r=4, alpha=6, target_modules=list(GPT2_TARGETS), use_rslora=use_rslora)
+    randomise_lora(ours, std=0.2)
+    x = ids()
+    folder = export_peft_adapter(ours, tmp_path / "adapter")
+    theirs = peft.PeftModel.from_pretrained(hf_gpt2(gpt2_folder), folder).eval()
+    assert theirs.peft_config["default"].fan_in_fan_out
+    with torch.no_grad():
+        expected = theirs(x).logits
+        base = hf_gpt2(gpt2_folder)(x).logits
+        got = ours(x)
+    assert (expected - base).abs().max() > 1e-2  # the adapter really changes the output
+    diff = (got - expected).abs().max().item()
+    assert diff <= 1e-5, diff
+
+
+@pytest.mark.parametrize("targets", [["c_attn"], ["c_attn", "c_proj", "c_fc"]])
+def test_import_peft_gpt2_adapter_gives_equal_logits(gpt2_folder, tmp_path, targets):
+    _, peft = hf_libs()
+    torch.manual_seed(3)
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets, fan_in_fan_out=True, lora_dropout=0.0)
+    theirs = peft.get_peft_model(hf_gpt2(gpt2_folder), config).eval()
+    with torch.no_grad():
+        for n, p in theirs.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.2)
+    theirs.save_pretrained(tmp_path / "adapter")
+    x = ids()
+    with torch.no_grad():
+        expected = theirs(x).logits
+    ours = import_peft_adapter(GPTModel.from_pretrained(gpt2_folder).eval(), tmp_path / "adapter")
+    n_expected = 2 * (1 if targets == ["c_attn"] else 4)  # "c_proj" matches attn.c_proj and mlp.c_proj
+    assert len(lora_layers(ours)) == n_expected
+    diff = (ours(x) - expected).abs().max().item()
+    assert diff <= 1e-5, diff
+    # and back out again: our export of the imported adapter loads in peft with the same logits
+    back = peft.PeftModel.from_pretrained(hf_gpt2(gpt2_folder), export_peft_adapter(ours, tmp_path / "b")).eval()
+    with torch.no_grad():
+        assert (back(x).logits - expected).abs().max().item() <= 1e-5
