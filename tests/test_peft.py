@@ -258,3 +258,55 @@ def test_import_peft_gpt2_adapter_gives_equal_logits(gpt2_folder, tmp_path, targ
     back = peft.PeftModel.from_pretrained(hf_gpt2(gpt2_folder), export_peft_adapter(ours, tmp_path / "b")).eval()
     with torch.no_grad():
         assert (back(x).logits - expected).abs().max().item() <= 1e-5
+
+
+@pytest.fixture(scope="module")
+def bert_folder(tmp_path_factory):
+    """A random small transformers BertForSequenceClassification (3 labels) saved as a Hugging Face folder."""
+    transformers, _ = hf_libs()
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64, max_position_embeddings=32, num_labels=3,
+                                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, initializer_range=0.2)
+    folder = tmp_path_factory.mktemp("bert")
+    transformers.BertForSequenceClassification(cfg).save_pretrained(folder)
+    return folder
+
+
+def hf_bert(folder):
+    transformers, _ = hf_libs()
+    return transformers.BertForSequenceClassification.from_pretrained(folder).eval()
+
+
+def test_bert_adapter_both_ways(bert_folder, tmp_path):
+    """Our fused qkv adapter exports as three peft adapters (query/key/value: shared A, rows of B); peft's three
+    import as one of rank 3r (stacked A, block-diagonal B). Logits equal both ways."""
+    _, peft = hf_libs()
+    x = ids()
+    mask = torch.ones_like(x)
+    mask[1, 6:] = 0
+    ours = BertForSequenceClassification.from_pretrained(bert_folder).eval()
+    apply_lora(ours, r=4, alpha=8, target_modules=["attn.sublayer.qkv", "ff.sublayer.fc"])
+    randomise_lora(ours, std=0.3)
+    theirs = peft.PeftModel.from_pretrained(hf_bert(bert_folder), export_peft_adapter(ours, tmp_path / "a")).eval()
+    with torch.no_grad():
+        expected = theirs(input_ids=x, attention_mask=mask).logits
+        base = hf_bert(bert_folder)(input_ids=x, attention_mask=mask).logits
+        got = ours(x, mask)
+    assert (expected - base).abs().max() > 1e-2
+    assert (got - expected).abs().max().item() <= 1e-5
+
+    torch.manual_seed(4)
+    config = peft.LoraConfig(r=2, lora_alpha=4, target_modules=["query", "key", "value", "output.dense"])
+    theirs = peft.get_peft_model(hf_bert(bert_folder), config).eval()
+    with torch.no_grad():
+        for n, p in theirs.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.3)
+    theirs.save_pretrained(tmp_path / "b")
+    with torch.no_grad():
+        expected = theirs(input_ids=x, attention_mask=mask).logits
+    ours = import_peft_adapter(BertForSequenceClassification.from_pretrained(bert_folder).eval(), tmp_path / "b")
+    assert lora_layers(ours)["bert.layers.0.attn.sublayer.qkv"].r == 6  # three rank-2 adapters side by side
+    with torch.no_grad():
+        assert (ours(x, mask) - expected).abs().max().item() <= 1e-5
