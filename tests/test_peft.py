@@ -310,3 +310,68 @@ def test_bert_adapter_both_ways(bert_folder, tmp_path):
     assert lora_layers(ours)["bert.layers.0.attn.sublayer.qkv"].r == 6  # three rank-2 adapters side by side
     with torch.no_grad():
         assert (ours(x, mask) - expected).abs().max().item() <= 1e-5
+
+
+# ---------------------------------------------------------------------- bottleneck adapters, prefix tuning
+def test_untrained_adapters_leave_output_exactly_unchanged():
+    from llmscratch.peft import BottleneckAdapter, apply_adapters
+
+    model = gpt()
+    x = ids()
+    ref = model(x)
+    apply_adapters(model, bottleneck=8)
+    adapters = [m for m in model.modules() if isinstance(m, BottleneckAdapter)]
+    assert len(adapters) == 4  # after attention and after the feed-forward, in each of 2 blocks
+    assert torch.equal(model(x), ref)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert all(".adapter." in n or "norm" in n for n in trainable) and any(".adapter." in n for n in trainable)
+    with torch.no_grad():
+        model.blocks[0].ff.adapter.up.weight.normal_()
+    assert (model(x) - ref).abs().max() > 1e-3
+    # the adapter sits on the sub-layer's output, before the residual addition (Houlsby et al., 2019)
+    block, h = model.blocks[1], torch.randn(2, 5, 32)
+    with torch.no_grad():
+        block.attn.adapter.up.weight.normal_()
+        a = block.attn(block.norm1(h))
+        no_hook = type(block.attn).forward(block.attn, block.norm1(h))  # the attention output alone
+        torch.testing.assert_close(a, block.attn.adapter(no_hook))
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=20, num_labels=3)
+    bert = BertForSequenceClassification(cfg).eval()
+    xb = ids(vocab=50)
+    ref = bert(xb)
+    apply_adapters(bert, 4, ["attn.sublayer", "ff.sublayer"], modules_to_save=["classifier"])
+    assert torch.equal(bert(xb), ref) and bert.classifier.weight.requires_grad
+    with pytest.raises(ValueError, match="matches no module"):
+        apply_adapters(gpt(), 4, ["mlp"])
+
+
+def test_prefix_tuning_equals_peft(gpt2_folder):
+    """Our prefixes go through the attention's KV cache; peft's through GPT-2's past_key_values. Same virtual-token
+    parameters (copied from peft's PrefixTuningConfig embedding) -> the same logits."""
+    from llmscratch.peft import PrefixTuning
+
+    _, peft = hf_libs()
+    torch.manual_seed(5)
+    config = peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5)
+    theirs = peft.get_peft_model(hf_gpt2(gpt2_folder), config).eval()
+    emb = theirs.prompt_encoder["default"].embedding.weight
+    with torch.no_grad():
+        emb.normal_(0, 0.5)
+    x = ids(t=9)
+    with torch.no_grad():
+        expected = theirs(input_ids=x).logits
+        base = hf_gpt2(gpt2_folder)(x).logits
+    ours = PrefixTuning(GPTModel.from_pretrained(gpt2_folder).eval(), 5).load_peft(emb.detach())
+    got = ours(x)
+    assert got.shape == expected.shape and (expected - base).abs().max() > 1e-2
+    diff = (got - expected).abs().max().item()
+    assert diff <= 1e-5, diff
+    # only the prefix is trained, and gradients reach it through the cache
+    got.sum().backward()
+    assert ours.prefix.grad is not None and ours.prefix.grad.abs().sum() > 0
+    assert [n for n, p in ours.named_parameters() if p.requires_grad] == ["prefix"]
+    with pytest.raises(ValueError, match="num_virtual_tokens"):
+        PrefixTuning(GPTModel.from_pretrained(gpt2_folder), 4).load_peft(emb.detach())

@@ -40,6 +40,7 @@ from .utils import atomic_write
 __all__ = [
     "LoRALinear", "apply_lora", "merge_lora", "unmerge_lora", "lora_layers", "lora_state_dict", "save_lora",
     "load_lora", "TrainableReport", "trainable_parameters", "export_peft_adapter", "import_peft_adapter",
+    "BottleneckAdapter", "apply_adapters", "PrefixTuning",
 ]
 
 
@@ -434,3 +435,111 @@ def import_peft_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     model._lora_config = dict(r=r, alpha=float(alpha), dropout=float(cfg.get("lora_dropout", 0.0)), use_rslora=rs,
                               target_modules=list(lora_layers(model)), modules_to_save=[])
     return model
+
+
+# ---------------------------------------------------------------------- bottleneck adapters (Houlsby et al., 2019)
+class BottleneckAdapter(nn.Module):
+    """``h + up(GELU(down(h)))``: ``d -> bottleneck -> d``, ``(..., d) -> (..., d)``. ``up`` starts at zero, so
+    an untrained adapter is exactly the identity and fine-tuning starts from the pretrained model."""
+
+    def __init__(self, d: int, bottleneck: int):
+        super().__init__()
+        _check_rank(bottleneck)
+        self.down = nn.Linear(d, bottleneck)
+        self.act = nn.GELU()
+        self.up = nn.Linear(bottleneck, d)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.up(self.act(self.down(h)))
+
+    def _hook(self, module, args, output):  # forward hook on the sub-layer it follows
+        return self(output)
+
+
+def apply_adapters(model: nn.Module, bottleneck: int, target_modules: Iterable[str] = ("attn", "ff"),
+                   train_norms: bool = True, modules_to_save: Iterable[str] = ()) -> nn.Module:
+    """Insert a :class:`BottleneckAdapter` after the output of each named sub-layer (Houlsby: after attention and
+    after the feed-forward network, before the residual addition); freeze everything else except the LayerNorms
+    (``train_norms``, as Houlsby does) and ``modules_to_save``.
+
+    The adapter becomes a child ``adapter`` of the sub-layer (saved in its state dict) and runs as a forward hook on
+    it, so no model code changes. Targets for GPT: ``"attn"``, ``"ff"``; for BERT: ``"attn.sublayer"``,
+    ``"ff.sublayer"``. The sub-layer's output width is read from its last ``nn.Linear``.
+    """
+    targets = [target_modules] if isinstance(target_modules, str) else list(target_modules)
+    keep = [modules_to_save] if isinstance(modules_to_save, str) else list(modules_to_save)
+    names = [n for n, _ in model.named_modules() if n]
+    chosen = [n for n in names if _matches(n, targets) and not n.endswith(".adapter")]
+    for t in targets:
+        if not any(_matches(n, [t]) for n in chosen):
+            raise ValueError(f"adapter target {t!r} matches no module of {type(model).__name__}; e.g. "
+                             f"{', '.join(_suffixes([n for n in names if '.' in n])[:12])}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for n in chosen:
+        sub = model.get_submodule(n)
+        if hasattr(sub, "adapter"):
+            raise ValueError(f"{n!r} already has an adapter")
+        linears = [m for m in sub.modules() if isinstance(m, nn.Linear)]
+        if not linears:
+            raise ValueError(f"{n!r} has no nn.Linear to read its output width from")
+        w = linears[-1].weight
+        sub.adapter = BottleneckAdapter(linears[-1].out_features, bottleneck).to(w.device, w.dtype)
+        sub.register_forward_hook(sub.adapter._hook)
+    from .models.layers import LayerNorm
+
+    for n, m in model.named_modules():
+        if isinstance(m, BottleneckAdapter) or (train_norms and isinstance(m, (nn.LayerNorm, LayerNorm))) \
+                or (keep and _matches(n, keep)):
+            for p in m.parameters():
+                p.requires_grad_(True)
+    return model
+
+
+# ---------------------------------------------------------------------- prefix tuning (Li & Liang, 2021)
+class PrefixTuning(nn.Module):
+    """Prefix tuning / P-tuning v2 for a :class:`~llmscratch.models.gpt.GPTModel`: ``num_virtual_tokens``
+    trained key/value vectors per layer and head, placed in each attention layer's KV cache before the input, so
+    every real token attends to them; the model itself is frozen and unchanged.
+
+    ``prefix``: ``(num_virtual_tokens, n_layers * 2 * d_model)``, laid out as ``peft``'s
+    ``PrefixTuningConfig`` embedding (per layer: keys then values, heads then head_dim), so its weights copy over
+    (:meth:`load_peft`). Positions of the real tokens start after the prefix, as in ``transformers``.
+
+    ``forward(idx)``: ``(batch, seq)`` -> logits ``(batch, seq, vocab)``.
+    """
+
+    def __init__(self, model: nn.Module, num_virtual_tokens: int):
+        super().__init__()
+        _check_rank(num_virtual_tokens)
+        self.model = model
+        for p in model.parameters():
+            p.requires_grad_(False)
+        cfg = model.cfg
+        self.num_virtual_tokens = num_virtual_tokens
+        w = model.tok_emb.weight
+        self.prefix = nn.Parameter(torch.randn(num_virtual_tokens, cfg.n_layers * 2 * cfg.d_model,
+                                               device=w.device, dtype=w.dtype) * 0.02)
+
+    def caches(self, batch: int, seq: int) -> list:
+        """One KV cache per layer, holding the prefix (length ``num_virtual_tokens``) and room for ``seq`` more."""
+        cfg, p = self.model.cfg, self.num_virtual_tokens
+        kv = self.prefix.view(p, cfg.n_layers * 2, cfg.n_heads, cfg.head_dim).permute(1, 2, 0, 3)  # (2L, h, P, hd)
+        caches = self.model.new_cache(batch, max_len=p + seq)
+        for i, c in enumerate(caches):
+            c.append(kv[2 * i].expand(batch, -1, -1, -1), kv[2 * i + 1].expand(batch, -1, -1, -1))
+        return caches
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.model(idx, cache=self.caches(*idx.shape))
+
+    @torch.no_grad()
+    def load_peft(self, weight: torch.Tensor) -> "PrefixTuning":
+        """Copy ``peft``'s prefix embedding (``prompt_encoder.embedding.weight``, no projection) into ours."""
+        if weight.shape != self.prefix.shape:
+            raise ValueError(f"peft prefix weight has shape {tuple(weight.shape)}, ours is "
+                             f"{tuple(self.prefix.shape)} (num_virtual_tokens x n_layers*2*d_model)")
+        self.prefix.copy_(weight)
+        return self
