@@ -375,3 +375,44 @@ def test_prefix_tuning_equals_peft(gpt2_folder):
     assert [n for n, p in ours.named_parameters() if p.requires_grad] == ["prefix"]
     with pytest.raises(ValueError, match="num_virtual_tokens"):
         PrefixTuning(GPTModel.from_pretrained(gpt2_folder), 4).load_peft(emb.detach())
+
+
+def test_prompt_tuning_equals_peft_and_combines_with_lora(gpt2_folder):
+    from llmscratch.peft import PromptTuning
+
+    _, peft = hf_libs()
+    torch.manual_seed(6)
+    config = peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)
+    theirs = peft.get_peft_model(hf_gpt2(gpt2_folder), config).eval()
+    emb = theirs.prompt_encoder["default"].embedding.weight
+    x = ids(t=9)
+    with torch.no_grad():
+        emb.normal_(0, 0.5)
+        expected = theirs(input_ids=x).logits[:, -9:]
+    ours = PromptTuning(GPTModel.from_pretrained(gpt2_folder).eval(), 4)
+    with torch.no_grad():
+        ours.prompt.copy_(emb)
+    diff = (ours(x) - expected).abs().max().item()
+    assert diff <= 1e-5, diff
+    assert [n for n, p in ours.named_parameters() if p.requires_grad] == ["prompt"]
+    # Lester's init: the prompt starts as the embeddings of the given token ids
+    init = PromptTuning(GPTModel.from_pretrained(gpt2_folder), 3, init_ids=torch.tensor([5, 6, 7]))
+    assert torch.equal(init.prompt, init.model.tok_emb.weight[5:8])
+    # prompt + LoRA: both trained, the rest frozen
+    both = PromptTuning(apply_lora(GPTModel.from_pretrained(gpt2_folder), 2, 4, target_modules=["attn.qkv"]), 4)
+    assert {n.rpartition(".")[2] for n, p in both.named_parameters() if p.requires_grad} == {"prompt", "lora_A",
+                                                                                            "lora_B"}
+
+
+@pytest.mark.parametrize("encoder", ["mlp", "lstm"])
+def test_p_tuning_encoder_trains(encoder):
+    from llmscratch.peft import PromptTuning
+
+    model = PromptTuning(gpt(), 3, encoder=encoder)
+    x = ids()
+    out = model(x)
+    assert out.shape == (3, 11, 97) and model.virtual_tokens().shape == (3, 32)
+    out.sum().backward()
+    assert model.prompt.grad.abs().sum() > 0 and all(p.grad is None for p in model.model.parameters())
+    with pytest.raises(ValueError, match="context length"):
+        model(ids(t=30))

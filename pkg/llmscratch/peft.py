@@ -40,7 +40,7 @@ from .utils import atomic_write
 __all__ = [
     "LoRALinear", "apply_lora", "merge_lora", "unmerge_lora", "lora_layers", "lora_state_dict", "save_lora",
     "load_lora", "TrainableReport", "trainable_parameters", "export_peft_adapter", "import_peft_adapter",
-    "BottleneckAdapter", "apply_adapters", "PrefixTuning",
+    "BottleneckAdapter", "apply_adapters", "PrefixTuning", "PromptTuning",
 ]
 
 
@@ -543,3 +543,76 @@ class PrefixTuning(nn.Module):
                              f"{tuple(self.prefix.shape)} (num_virtual_tokens x n_layers*2*d_model)")
         self.prefix.copy_(weight)
         return self
+
+
+# ---------------------------------------------------------------------- prompt tuning and P-tuning
+class PromptTuning(nn.Module):
+    """Prompt tuning (Lester et al., 2021) and P-tuning (Liu et al., 2021) for a
+    :class:`~llmscratch.models.gpt.GPTModel`: ``num_virtual_tokens`` trained vectors placed before the token
+    embeddings of every input; the model is frozen (its LoRA adapters, if any, stay trainable: prompt + LoRA).
+
+    Args:
+        model: the GPT; unchanged (the prompt is inserted by a forward hook on ``tok_emb`` during the call).
+        num_virtual_tokens: prompt length ``P``; real tokens take positions ``P..P+T-1``, as in ``peft``.
+        init_ids: token ids whose embeddings initialise the prompt (Lester: vocabulary embeddings beat random
+            vectors); default: ``P`` random ids of the vocabulary.
+        encoder: ``None`` (prompt tuning: the vectors are the parameters), ``"mlp"`` or ``"lstm"`` (P-tuning: the
+            vectors are reparameterised by a small prompt encoder, which is trained and then can be discarded).
+
+    ``forward(idx)``: ``(batch, seq)`` -> logits ``(batch, seq, vocab)`` for the real tokens.
+    """
+
+    def __init__(self, model: nn.Module, num_virtual_tokens: int, init_ids: torch.Tensor | None = None,
+                 encoder: str | None = None, hidden: int | None = None):
+        super().__init__()
+        _check_rank(num_virtual_tokens)
+        if encoder not in (None, "mlp", "lstm"):
+            raise ValueError(f"encoder must be None (prompt tuning), 'mlp' or 'lstm' (P-tuning), got {encoder!r}")
+        self.model, self.num_virtual_tokens = model, num_virtual_tokens
+        for n, p in model.named_parameters():
+            if ".lora_" not in n:
+                p.requires_grad_(False)
+        emb = model.tok_emb.weight
+        if init_ids is None:
+            init_ids = torch.randint(0, model.cfg.vocab_size, (num_virtual_tokens,))
+        init_ids = torch.as_tensor(init_ids).flatten()
+        if init_ids.numel() != num_virtual_tokens:
+            raise ValueError(f"init_ids has {init_ids.numel()} ids for {num_virtual_tokens} virtual tokens; give one "
+                             "id per virtual token (e.g. a tokenized task description, repeated or cut)")
+        self.prompt = nn.Parameter(emb.detach()[init_ids.to(emb.device)].clone())  # (P, d)
+        d = emb.shape[1]
+        hidden = hidden or d
+        self.encoder_type = encoder
+        if encoder == "mlp":
+            self.encoder = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, d))
+        elif encoder == "lstm":
+            self.lstm = nn.LSTM(d, hidden // 2, num_layers=2, bidirectional=True, batch_first=True)
+            self.encoder = nn.Sequential(nn.Linear(2 * (hidden // 2), hidden), nn.ReLU(), nn.Linear(hidden, d))
+        if encoder is not None:
+            self.to(emb.device)
+
+    def virtual_tokens(self) -> torch.Tensor:
+        """The ``(P, d_model)`` vectors placed before the input (through the P-tuning encoder if there is one)."""
+        if self.encoder_type is None:
+            return self.prompt
+        h = self.lstm(self.prompt.unsqueeze(0))[0].squeeze(0) if self.encoder_type == "lstm" else self.prompt
+        return self.encoder(h)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        b, t = idx.shape
+        p = self.num_virtual_tokens
+        if p + t > self.model.cfg.context_length:
+            raise ValueError(f"{p} virtual + {t} real tokens exceed the context length "
+                             f"{self.model.cfg.context_length}; crop the input to {self.model.cfg.context_length - p}")
+        prompt = self.virtual_tokens().to(self.model.tok_emb.weight.dtype)
+
+        def prepend(module, args, out):  # (B, T, d) -> (B, P + T, d)
+            return torch.cat([prompt.expand(b, -1, -1), out], dim=1)
+
+        handle = self.model.tok_emb.register_forward_hook(prepend)
+        try:
+            positions = torch.arange(p + t, device=idx.device).unsqueeze(0)  # (1, P + T)
+            logits = self.model(idx, position_ids=positions)
+        finally:
+            handle.remove()
+        return logits[:, p:]
