@@ -39,5 +39,8 @@ from .registry import (  # noqa: F401
 from .registry import __all__ as _registry_all
 from .loaders import *  # noqa: F401,F403
 from .loaders import __all__ as _loaders_all
+from . import cleaning  # noqa: F401
+from .cleaning import *  # noqa: F401,F403
+from .cleaning import __all__ as _cleaning_all
 
-__all__ = [*_registry_all, *_loaders_all]
+__all__ = [*_registry_all, *_loaders_all, *_cleaning_all]
