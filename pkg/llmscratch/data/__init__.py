@@ -42,5 +42,10 @@ from .loaders import __all__ as _loaders_all
 from . import cleaning  # noqa: F401
 from .cleaning import *  # noqa: F401,F403
 from .cleaning import __all__ as _cleaning_all
+from . import augment, dedup  # noqa: F401,E402  (their heavy imports, nltk and transformers, are lazy)
+from .dedup import *  # noqa: F401,F403
+from .dedup import __all__ as _dedup_all
+from .augment import *  # noqa: F401,F403
+from .augment import __all__ as _augment_all
 
-__all__ = [*_registry_all, *_loaders_all, *_cleaning_all]
+__all__ = [*_registry_all, *_loaders_all, *_cleaning_all, *_dedup_all, *_augment_all]

@@ -1,0 +1,96 @@
+"""llmscratch.data.augment: EDA's invariants (Wei & Zou 2019), reproducibility, AEDA, WordNet from the data folder,
+and back-translation through tiny random MarianMT models built offline."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+pytest.importorskip("nltk")
+from llmscratch.data import augment  # noqa: E402
+from llmscratch.data.augment import (STOP_WORDS, aeda, eda, eda_params, eda_words, random_deletion,  # noqa: E402
+                                     random_insertion, random_swap, synonym_replacement, synonyms)
+
+SENT = ("This movie was a wonderful surprise, the actors were great and the story kept me "
+        "watching until the very end")
+
+
+@pytest.fixture(scope="module")
+def wn(data_dir):
+    return augment.wordnet()
+
+
+def test_wordnet_is_the_data_folders(wn):
+    assert wn.get_version() == "3.0"
+    assert len(list(wn.all_synsets("n"))) == 82115
+    assert {"film", "flick", "motion picture", "picture show"} <= set(synonyms("movie"))
+    assert "movie" not in synonyms("movie")
+
+
+def test_synonym_replacement_uses_only_wordnet_synonyms_and_no_stop_words(wn):
+    words = eda_words(SENT)
+    rng = random.Random(0)
+    for _ in range(200):
+        n = rng.randint(1, 5)
+        out = synonym_replacement(words, n, rng)
+        # align: each original word is kept or replaced by one of its synonyms (possibly several words)
+        pos = 0
+        changed = set()
+        for w in words:
+            if out[pos] == w:
+                pos += 1
+                continue
+            match = sorted((s for s in synonyms(w) if out[pos:pos + len(s.split())] == s.split()),
+                           key=lambda s: -len(s.split()))  # "picture show" before "picture"
+            assert match, f"{w!r} became {out[pos]!r}, not a WordNet synonym"
+            assert w not in STOP_WORDS
+            changed.add(w)
+            pos += len(match[0].split())
+        assert pos == len(out) and 1 <= len(changed) <= n
+
+
+def test_insertion_adds_synonyms_of_words_in_the_sentence(wn):
+    words = eda_words(SENT)
+    # an inserted word may itself be picked next time (as in the paper's code): synonyms of synonyms
+    pool = {x for w in words for s in synonyms(w) for x in s.split()}
+    pool |= {x for w in list(pool) for s in synonyms(w) for x in s.split()}
+    for seed in range(50):
+        out = random_insertion(words, 3, random.Random(seed))
+        extra = Counter(out) - Counter(words)
+        assert sum(extra.values()) >= 3 and set(extra) <= pool
+
+
+def test_swap_keeps_the_multiset_and_deletion_keeps_a_word():
+    words = eda_words(SENT)
+    for seed in range(200):
+        rng = random.Random(seed)
+        assert Counter(random_swap(words, 4, rng)) == Counter(words)
+        out = random_deletion(words, 0.3, rng)
+        assert 1 <= len(out) and Counter(out) <= Counter(words)
+        assert len(random_deletion(words, 1.0, rng)) == 1
+        assert random_deletion(["one"], 0.9, rng) == ["one"]
+    with pytest.raises(ValueError, match="probability"):
+        random_deletion(words, 1.5)
+
+
+def test_eda_is_seeded_and_counts_copies(wn):
+    a = eda(SENT, num_aug=9, seed=42)
+    assert a == eda(SENT, num_aug=9, seed=42) and a != eda(SENT, num_aug=9, seed=43)
+    assert len(a) == 9 and len(set(a)) > 5
+    assert len(eda(SENT, num_aug=16, alpha_sr=0.05, alpha_ri=0.05, alpha_rs=0.05, p_rd=0.05, seed=1,
+                   include_original=True)) == 17
+    only_swap = eda(SENT, alpha_sr=0, alpha_ri=0, p_rd=0, num_aug=4, seed=0)
+    assert all(Counter(s.split()) == Counter(eda_words(SENT)) for s in only_swap)
+    assert eda_params(500) == (0.05, 16) and eda_params(5000) == (0.1, 4)
+    with pytest.raises(ValueError, match="alpha_sr"):
+        eda(SENT, alpha_sr=2)
+
+
+def test_aeda_only_adds_punctuation():
+    for seed in range(50):
+        out = aeda(SENT, seed=seed)
+        assert [w for w in out.split() if w not in set(".;?:!,")] == SENT.split()
+        assert len(out.split()) > len(SENT.split())
+    assert aeda(SENT, seed=3) == aeda(SENT, seed=3)
