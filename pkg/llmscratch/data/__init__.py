@@ -47,5 +47,8 @@ from .dedup import *  # noqa: F401,F403
 from .dedup import __all__ as _dedup_all
 from .augment import *  # noqa: F401,F403
 from .augment import __all__ as _augment_all
+from . import word2vec  # noqa: F401,E402
+from .word2vec import *  # noqa: F401,F403
+from .word2vec import __all__ as _word2vec_all
 
-__all__ = [*_registry_all, *_loaders_all, *_cleaning_all, *_dedup_all, *_augment_all]
+__all__ = [*_registry_all, *_loaders_all, *_cleaning_all, *_dedup_all, *_augment_all, *_word2vec_all]
