@@ -97,3 +97,19 @@ def test_near_duplicates_and_test_removal(reviews):
 def test_lsh_arguments_are_checked():
     with pytest.raises(ValueError, match="bands \\* rows"):
         lsh_candidate_pairs(np.zeros((3, 16), np.uint64), bands=4, rows=5)
+
+
+def test_duplicate_report_counts_within_and_across():
+    from llmscratch.data.dedup import duplicate_report
+
+    base = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen"
+    near = base.replace("seven", "SEVEN!").replace("sixteen", "")  # exact key differs, shingles mostly shared
+    splits = {"a": [base, base.upper(), "q r s t u v"], "b": ["<b>" + base + "</b>", "brand new text here"],
+              "c": [near, "nothing alike at all here"]}
+    rows, examples = duplicate_report(splits, threshold=0.7)
+    got = {r["pair"]: (r["exact"], r["near"]) for r in rows}
+    J = jaccard(shingle_hashes(base), shingle_hashes(near))
+    assert J >= 0.75
+    assert got == {"within a": (2, 2), "a & b": (2, 2), "a & c": (0, 2), "within b": (0, 0), "b & c": (0, 1),
+                   "within c": (0, 0)}
+    assert examples["a & c"] and all(j == 0 for _, j, _ in examples["a & c"])

@@ -41,6 +41,7 @@ __all__ = [
     "near_duplicates",
     "cross_duplicates",
     "without_test_texts",
+    "duplicate_report",
     "load_imdb_without_test",
 ]
 
@@ -280,6 +281,48 @@ def cross_duplicates(a: Sequence[str], b: Sequence[str], threshold: float = 0.8,
     na = len(a)
     near = [(i, j - na, e) for i, j, e in pairs if i < na <= j]
     return {"exact": exact, "near": near}
+
+
+def duplicate_report(splits: dict[str, Sequence[str]], threshold: float = 0.8, k: int = 3,
+                     num_perm: int = 128, bands: int = 16, seed: int = 1) -> tuple[list[dict], dict]:
+    """Exact and near duplicates within each named split and across each pair, in one MinHash pass.
+
+    Returns ``(rows, examples)``. A row: ``{"within": name}`` or ``{"a": name, "b": other}``, with ``exact`` (texts
+    of the split, or of ``a``, that have an exact copy elsewhere in it, or in ``b``) and ``near`` (the same
+    with estimated Jaccard >= ``threshold``, exact copies included). ``examples`` maps the row's label to a few
+    ``(i, j, estimate)`` pairs of indices into the two splits.
+    """
+    names = list(splits)
+    texts = [t for n in names for t in splits[n]]
+    owner = np.concatenate([np.full(len(splits[n]), g) for g, n in enumerate(names)])
+    local = np.concatenate([np.arange(len(splits[n])) for n in names])
+    keys = [dedup_key(t) for t in texts]
+    by_key: dict[str, list[int]] = defaultdict(list)
+    for i, key in enumerate(keys):
+        by_key[key].append(i)
+    near_pairs = near_duplicates(texts, threshold, k, num_perm, bands, seed)
+    rows, examples = [], {}
+    for ga, a in enumerate(names):
+        for gb in range(ga, len(names)):
+            b = names[gb]
+            label = f"within {a}" if ga == gb else f"{a} & {b}"
+            exact_hit = set()
+            for group in by_key.values():
+                if len(group) > 1:
+                    in_a = [i for i in group if owner[i] == ga]
+                    in_b = [i for i in group if owner[i] == gb]
+                    if ga == gb and len(in_a) > 1 or ga != gb and in_a and in_b:
+                        exact_hit.update(in_a)
+            near_hit, ex = set(), []
+            for i, j, e in near_pairs:
+                if {owner[i], owner[j]} == {ga, gb} and (ga != gb or owner[i] == ga):
+                    near_hit.add(i if owner[i] == ga else j)
+                    if ga == gb:
+                        near_hit.add(j)
+                    ex.append((int(local[i]), int(local[j]), e))
+            rows.append({"pair": label, "exact": len(exact_hit), "near": len(near_hit | exact_hit)})
+            examples[label] = ex[:5]
+    return rows, examples
 
 
 def without_test_texts(texts: Sequence[str], test_texts: Sequence[str], near: bool = True,
