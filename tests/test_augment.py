@@ -94,3 +94,53 @@ def test_aeda_only_adds_punctuation():
         assert [w for w in out.split() if w not in set(".;?:!,")] == SENT.split()
         assert len(out.split()) > len(SENT.split())
     assert aeda(SENT, seed=3) == aeda(SENT, seed=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_marian(tmp_path_factory):
+    """A random MarianMT model (a few thousand weights) with a SentencePiece vocabulary trained here: offline."""
+    spm = pytest.importorskip("sentencepiece")
+    tr = pytest.importorskip("transformers")
+    import json
+
+    path = tmp_path_factory.mktemp("marian")
+    texts = ["the film was good", "a bad movie", "i liked the actors", "the story was long and dull"] * 20
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_prefix=str(path / "sp"), vocab_size=28,
+                                   character_coverage=1.0, model_type="unigram", minloglevel=2)
+    sp = spm.SentencePieceProcessor(model_file=str(path / "sp.model"))
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    for i in range(sp.get_piece_size()):
+        vocab.setdefault(sp.id_to_piece(i), len(vocab))
+    (path / "vocab.json").write_text(json.dumps(vocab))
+    tr.MarianTokenizer(str(path / "sp.model"), str(path / "sp.model"), str(path / "vocab.json")).save_pretrained(path)
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    cfg = tr.MarianConfig(vocab_size=len(vocab), d_model=16, encoder_layers=1, decoder_layers=1,
+                          encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+                          decoder_ffn_dim=32, max_position_embeddings=64, pad_token_id=0, eos_token_id=1,
+                          decoder_start_token_id=0, forced_eos_token_id=1)
+    tr.MarianMTModel(cfg).save_pretrained(path)
+    return str(path)
+
+
+def test_back_translation_through_marian_models(tiny_marian):
+    import torch
+    from transformers import MarianMTModel, MarianTokenizer
+
+    texts = ["the film was good", "a bad movie about long actors"]
+    a = augment.back_translate(texts, tiny_marian, tiny_marian, seed=0, max_new_tokens=8)
+    assert a == augment.back_translate(texts, tiny_marian, tiny_marian, seed=0, max_new_tokens=8)
+    assert len(a) == 2 and all(isinstance(s, str) for s in a)
+    # greedy both ways = two greedy translations done by hand with transformers
+    tok, model = MarianTokenizer.from_pretrained(tiny_marian), MarianMTModel.from_pretrained(tiny_marian).eval()
+
+    def greedy(batch):
+        enc = tok(batch, return_tensors="pt", padding=True)
+        with torch.no_grad():
+            out = model.generate(**enc, do_sample=False, num_beams=1, max_new_tokens=8)
+        return tok.batch_decode(out, skip_special_tokens=True)
+
+    assert augment.back_translate(texts, tiny_marian, tiny_marian, sample=False, max_new_tokens=8) == \
+        greedy(greedy(texts))
+    with pytest.raises(TypeError, match="not str"):
+        augment.back_translate(["ok", 3], tiny_marian, tiny_marian)
