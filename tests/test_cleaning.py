@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 import pytest
 
 from llmscratch.data.cleaning import (Pipeline, Step, default_pipeline, length_filter, mask_emails, mask_numbers,
-                                      mask_urls, normalize_unicode, normalize_whitespace, remove_control_chars,
+                                      mask_urls, normalize_unicode, repair_cp1252, normalize_whitespace, remove_control_chars,
                                       strip_html)
 
 
@@ -115,8 +115,24 @@ def test_pipeline_errors_name_the_fix():
 def test_default_pipeline_with_masks():
     res = default_pipeline(mask=True, min_chars=5).run(
         ["Rated 9/10 at www.x.com<br />by me@x.org", "\ufeffok", "Ｆｕｌｌ width"])
-    assert res.texts == ["Rated <num>/<num> at <url>\nby <email>".replace("\n", " "), "Full width"]
+    assert res.texts == ["Rated <num>/<num> at <url> by <email>", "Full width"]
     assert res.kept == [0, 2]
-    assert [r["step"] for r in res.report] == ["strip_html", "normalize_unicode", "remove_control_chars",
+    assert [r["step"] for r in res.report] == ["strip_html", "repair_cp1252", "normalize_unicode", "remove_control_chars",
                                                "mask_urls", "mask_emails", "mask_numbers",
                                                "normalize_whitespace", "length_filter"]
+
+
+def test_windows_1252_punctuation_is_repaired_not_deleted():
+    # IMDB's own examples: an ellipsis, an en dash and em dashes stored as C1 control characters
+    assert repair_cp1252("Isildur\x85. but") == "Isildur\u2026. but"
+    assert repair_cp1252("\"unmade\" \x96 Mount Doom") == "\"unmade\" \u2013 Mount Doom"
+    assert repair_cp1252("and\x97best of all\x97the") == "and\u2014best of all\u2014the"
+    assert repair_cp1252("\x91order\x92") == "\u2018order\u2019"
+    assert repair_cp1252("a\x81b") == "ab"  # 0x81 is undefined in Windows-1252
+    for b in range(0x80, 0xA0):  # every C1 character maps as Python's codec says
+        try:
+            expected = bytes([b]).decode("cp1252")
+        except UnicodeDecodeError:
+            expected = ""
+        assert repair_cp1252(chr(b)) == expected
+    assert default_pipeline()("one\x85 two") == "one... two"  # NFKC then spells the ellipsis out

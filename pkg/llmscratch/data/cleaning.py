@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Sequence
 
 __all__ = [
     "strip_html",
+    "repair_cp1252",
     "normalize_unicode",
     "remove_control_chars",
     "normalize_whitespace",
@@ -50,6 +51,23 @@ def strip_html(text: str) -> str:
     text = _BR.sub("\n", text)
     text = _TAG.sub(" ", text)
     return html.unescape(text)
+
+
+_C1 = re.compile("[\x80-\x9f]")
+
+
+def _cp1252(match: re.Match) -> str:
+    return bytes([ord(match.group())]).decode("cp1252", errors="ignore")  # 5 undefined bytes -> ""
+
+
+def repair_cp1252(text: str) -> str:
+    """Map C1 control characters (U+0080-U+009F) to the Windows-1252 punctuation they were meant to be.
+
+    Text saved as Windows-1252 and read as Latin-1 turns dashes, curly quotes and ellipses into C1 controls:
+    IMDB has thousands ("Isildur\x85" is "Isildur…", "\x96 Mount Doom" is "– Mount Doom"). Removing them as
+    control characters would delete that punctuation, so this step runs before :func:`remove_control_chars`.
+    """
+    return _C1.sub(_cp1252, text) if _C1.search(text) else text
 
 
 def normalize_unicode(text: str, form: str = "NFKC") -> str:
@@ -191,13 +209,14 @@ class Pipeline:
 
 def default_pipeline(mask: bool = False, min_chars: int = 1, max_chars: int | None = None,
                      keep_newlines: bool = False) -> Pipeline:
-    """HTML -> NFKC -> control characters -> [masks] -> whitespace -> length filter: the chapter's pipeline.
+    """HTML -> Windows-1252 repair -> NFKC -> control characters -> [masks] -> whitespace -> length filter.
 
     Masking (URLs before e-mails before numbers, so that digits inside a URL go with the URL) is off by default:
     a sentiment model can use "10/10".
     """
     steps: list[Step] = [
         Step("strip_html", strip_html),
+        Step("repair_cp1252", repair_cp1252),
         Step("normalize_unicode", normalize_unicode),
         Step("remove_control_chars", remove_control_chars),
     ]
