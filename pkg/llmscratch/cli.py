@@ -3,8 +3,8 @@
 Sub-commands:
     env       print the environment report (versions, device, memory)
     data      list the data registry, or fetch and verify files (``llmscratch data fetch imdb/imdb_test.csv.gz``)
-    release   write exercises/ from solutions/ (labs)
-    grade     grade submitted lab notebooks into a gradebook CSV
+    release   write exercises/ from solutions/ (labs); --check also checks the graded cells statically
+    grade     grade submitted lab notebooks into a gradebook CSV (in a bubblewrap sandbox; --require-sandbox)
 """
 
 from __future__ import annotations

@@ -632,3 +632,357 @@ class BPETokenizer:
 
     def __repr__(self) -> str:
         return f"BPETokenizer(n_vocab={self.n_vocab}, merges={len(self.merges)}, special_tokens={list(self.special_tokens)})"
+
+
+# ==============================================================================================================
+# Chapter 4: WordPiece (BERT's tokenizer) and its trainer
+# ==============================================================================================================
+
+import unicodedata  # noqa: E402
+
+__all__ += ["BERT_SPECIAL_TOKENS", "basic_tokenize", "wordpiece", "WordPieceTokenizer", "train_wordpiece"]
+
+#: BERT's special tokens, in the order of the first ids of Google's vocab.txt files written by this package.
+BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+def _is_whitespace(ch: str) -> bool:
+    return ch in " \t\n\r" or unicodedata.category(ch) == "Zs"
+
+
+def _is_control(ch: str) -> bool:
+    # \t \n \r count as whitespace, not control characters (BERT's tokenization.py).
+    return ch not in "\t\n\r" and unicodedata.category(ch).startswith("C")
+
+
+def _is_punctuation(ch: str) -> bool:
+    cp = ord(ch)
+    # Every non-alphanumeric ASCII character ($, ^, `, ...) is punctuation for BERT, even where Unicode disagrees.
+    if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
+        return True
+    return unicodedata.category(ch).startswith("P")
+
+
+def _is_cjk(cp: int) -> bool:
+    # The CJK Unified Ideographs blocks (not Hangul or kana, which are written with spaces between words).
+    return (0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2A6DF or 0x2A700 <= cp <= 0x2B73F
+            or 0x2B740 <= cp <= 0x2B81F or 0x2B820 <= cp <= 0x2CEAF or 0xF900 <= cp <= 0xFAFF
+            or 0x2F800 <= cp <= 0x2FA1F)
+
+
+# ASCII fast path: control characters deleted, then letter/digit runs and single punctuation characters.
+_ASCII_CONTROL = {c: None for c in [*range(0, 9), 11, 12, *range(14, 32), 127]}
+_ASCII_WORDS = re.compile(r"[A-Za-z0-9]+|[^A-Za-z0-9\s]")
+
+
+def basic_tokenize(text: str, lowercase: bool = True) -> list[str]:
+    """BERT's "basic tokenizer": the words WordPiece then splits.
+
+    1. clean-up: drop NUL, U+FFFD and control characters; every whitespace character becomes a space;
+    2. put spaces around every CJK ideograph (Chinese has no spaces between words: each character is a word);
+    3. split on whitespace; with ``lowercase``, lowercase each word and strip its accents (Unicode NFD, then
+       drop the combining marks: "Café" -> "cafe");
+    4. split every punctuation character off as a word of its own ("don't" -> "don", "'", "t").
+
+    Pure-ASCII text (most English) takes a regular-expression shortcut with the same result.
+    """
+    if text.isascii():
+        text = text.translate(_ASCII_CONTROL)
+        return _ASCII_WORDS.findall(text.lower() if lowercase else text)
+    # The same four steps, each one str.translate over the text with a table built for its distinct characters.
+    cleanup = {}
+    for ch in set(text):
+        cp = ord(ch)
+        if cp == 0 or cp == 0xFFFD or _is_control(ch):
+            cleanup[cp] = None
+        elif _is_whitespace(ch):
+            cleanup[cp] = " "
+        elif _is_cjk(cp):
+            cleanup[cp] = f" {ch} "
+    text = text.translate(cleanup)
+    if lowercase:
+        text = unicodedata.normalize("NFD", text.lower())
+        text = text.translate({ord(c): None for c in set(text) if unicodedata.category(c) == "Mn"})
+    return text.translate({ord(c): f" {c} " for c in set(text) if _is_punctuation(c)}).split()
+
+
+def wordpiece(word: str, vocab, unk: str = "[UNK]", max_chars: int = 100) -> list[str]:
+    """Greedy longest-match-first WordPiece (Schuster & Nakajima, 2012; Wu et al., 2016) of one word.
+
+    Take the longest prefix that is in ``vocab``, then the longest ``##``-prefixed continuation of the rest, and
+    so on. If some rest has no piece in the vocabulary at all, the *whole word* becomes ``unk`` (not just that
+    rest): a half-spelled word would mislead the model more than an honest "unknown". Words longer than
+    ``max_chars`` characters are ``unk`` too.
+    """
+    if len(word) > max_chars:
+        return [unk]
+    pieces, start = [], 0
+    while start < len(word):
+        end = len(word)
+        while end > start:
+            piece = word[start:end] if start == 0 else "##" + word[start:end]
+            if piece in vocab:
+                break
+            end -= 1
+        else:
+            return [unk]
+        pieces.append(piece)
+        start = end
+    return pieces
+
+
+class WordPieceTokenizer:
+    """BERT's tokenizer: :func:`basic_tokenize`, then :func:`wordpiece` with a ``vocab.txt`` (one token per
+    line, the line number is the id). The ids equal ``transformers``' ``BertTokenizer`` with the same file.
+
+    Special tokens (``[CLS]``, ``[SEP]``, ``[PAD]``, ``[MASK]``, ``[UNK]``) written in the text are kept whole,
+    as in ``transformers``, so ``"the movie was [MASK] ."`` encodes the mask token.
+
+    >>> tok = WordPieceTokenizer("vocab.txt")          # doctest: +SKIP
+    >>> tok.encode_pair("A great film!", "Loved it.")  # doctest: +SKIP
+    ([2, ...], [0, 0, ..., 1, 1])
+    """
+
+    def __init__(self, vocab_file: str | Path | None = None, lowercase: bool = True, *,
+                 tokens: Iterable[str] | None = None, max_chars: int = 100):
+        if (vocab_file is None) == (tokens is None):
+            raise ValueError("give either vocab_file (a vocab.txt path) or tokens (a list of token strings)")
+        if vocab_file is not None:
+            path = Path(vocab_file)
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} does not exist; train one with train_wordpiece(...) and "
+                                        "WordPieceTokenizer(tokens=...).save(path), or use BERT's vocab.txt")
+            tokens = path.read_text(encoding="utf-8").split("\n")
+            tokens = tokens[:-1] if tokens and tokens[-1] == "" else tokens
+        self.tokens = [t.rstrip("\r") for t in tokens]
+        self.vocab = {t: i for i, t in enumerate(self.tokens)}
+        if len(self.vocab) != len(self.tokens):
+            dup = next(t for t in self.tokens if self.tokens.count(t) > 1)
+            raise ValueError(f"the vocabulary lists {dup!r} twice; every token must be on one line only")
+        missing = [s for s in BERT_SPECIAL_TOKENS if s not in self.vocab]
+        if missing:
+            raise ValueError(f"the vocabulary lacks the special token(s) {missing}; BERT needs "
+                             f"{list(BERT_SPECIAL_TOKENS)}")
+        self.lowercase, self.max_chars = lowercase, max_chars
+        self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (self.vocab[s] for s in BERT_SPECIAL_TOKENS)
+        self.special_ids = frozenset(self.vocab[s] for s in BERT_SPECIAL_TOKENS)
+        self._special_split = re.compile("(" + "|".join(map(re.escape, BERT_SPECIAL_TOKENS)) + ")")
+        self._cache: dict[str, list[int]] = {}
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokens)
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``vocab.txt`` (one token per line), atomically."""
+        from .utils import atomic_write
+
+        with atomic_write(path, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write("\n".join(self.tokens) + "\n")
+        return Path(path)
+
+    def tokenize(self, text: str) -> list[str]:
+        """Token strings (no ``[CLS]``/``[SEP]`` added): ``"Unaffable!"`` -> ``["una", "##ffa", "##ble", "!"]``."""
+        return [self.tokens[i] for i in self.encode(text)]
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` without special tokens around it."""
+        if not isinstance(text, str):
+            raise TypeError(f"encode takes a string, got {type(text).__name__}")
+        ids: list[int] = []
+        for part in self._special_split.split(text):
+            if part in self.vocab and part in BERT_SPECIAL_TOKENS:
+                ids.append(self.vocab[part])
+                continue
+            for word in basic_tokenize(part, self.lowercase):
+                cached = self._cache.get(word)
+                if cached is None:
+                    cached = [self.vocab[p] for p in wordpiece(word, self.vocab, "[UNK]", self.max_chars)]
+                    if len(self._cache) < 200_000:
+                        self._cache[word] = cached
+                ids.extend(cached)
+        return ids
+
+    def encode_pair(self, a: str, b: str | None = None, max_length: int | None = None
+                    ) -> tuple[list[int], list[int]]:
+        """``[CLS] a [SEP]`` or ``[CLS] a [SEP] b [SEP]`` and the token type ids (0 for a's part, 1 for b's).
+
+        ``max_length`` truncates (longest segment first, as ``transformers``' ``truncation=True``) so that the
+        result, special tokens included, has at most ``max_length`` ids.
+        """
+        ia, ib = self.encode(a), (self.encode(b) if b is not None else None)
+        if max_length is not None:
+            room = max_length - (3 if ib is not None else 2)
+            if room < 0:
+                raise ValueError(f"max_length={max_length} leaves no room for the special tokens")
+            if ib is None:
+                ia = ia[:room]
+            else:
+                na, nb = _longest_first(len(ia), len(ib), room)
+                ia, ib = ia[:na], ib[:nb]
+        ids = [self.cls_id, *ia, self.sep_id]
+        types = [0] * len(ids)
+        if ib is not None:
+            ids += [*ib, self.sep_id]
+            types += [1] * (len(ib) + 1)
+        return ids, types
+
+    def batch_encode(self, texts: Iterable[str], max_length: int, pairs: Iterable[str] | None = None):
+        """Encode, truncate and right-pad a batch: a dict of ``(batch, longest)`` LongTensors ``input_ids``,
+        ``token_type_ids`` and ``attention_mask`` (1 real, 0 padding), as ``transformers``' tokenizers return."""
+        import torch
+
+        texts = list(texts)
+        seconds = list(pairs) if pairs is not None else [None] * len(texts)
+        if len(seconds) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(seconds)} second segments")
+        encoded = [self.encode_pair(a, b, max_length) for a, b in zip(texts, seconds)]
+        longest = max((len(ids) for ids, _ in encoded), default=0)
+        out = {k: torch.zeros(len(encoded), longest, dtype=torch.long)
+               for k in ("input_ids", "token_type_ids", "attention_mask")}
+        out["input_ids"].fill_(self.pad_id)
+        for row, (ids, types) in enumerate(encoded):
+            out["input_ids"][row, : len(ids)] = torch.tensor(ids)
+            out["token_type_ids"][row, : len(ids)] = torch.tensor(types)
+            out["attention_mask"][row, : len(ids)] = 1
+        return out
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
+        """Tokens joined by spaces with ``##`` continuations glued back: ``"una ##ffa ##ble"`` -> ``"unaffable"``.
+
+        Lowercasing, stripped accents, the spaces around punctuation and ``[UNK]`` words are not undone:
+        WordPiece is not lossless (GPT-2's byte-level BPE is).
+        """
+        words = []
+        for i in ids:
+            i = int(i)
+            if not 0 <= i < len(self.tokens):
+                raise ValueError(f"id {i} is outside the vocabulary [0, {len(self.tokens)})")
+            if skip_special_tokens and i in self.special_ids and i != self.unk_id:
+                continue
+            tok = self.tokens[i]
+            if tok.startswith("##") and words:
+                words[-1] += tok[2:]
+            else:
+                words.append(tok)
+        return " ".join(words)
+
+    def __repr__(self) -> str:
+        return f"WordPieceTokenizer(vocab_size={len(self.tokens)}, lowercase={self.lowercase})"
+
+
+def _longest_first(la: int, lb: int, room: int) -> tuple[int, int]:
+    """How many tokens of two segments to keep so that at most ``room`` remain: the shorter one keeps what it
+    can, the longer one gets the rest; if both are long, they split ``room`` (the longer one gets the odd
+    token). The rule of the ``tokenizers`` library's ``longest_first`` truncation."""
+    if la + lb <= room:
+        return la, lb
+    swap = la > lb
+    short, long_ = (lb, la) if swap else (la, lb)
+    long_ = short if short > room else max(short, room - short)
+    if short + long_ > room:
+        short = room // 2
+        long_ = short + room % 2
+    return (long_, short) if swap else (short, long_)
+
+
+def train_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool = True, min_frequency: int = 2,
+                    special_tokens: Iterable[str] = BERT_SPECIAL_TOKENS, verbose: bool = False) -> list[str]:
+    """Learn a WordPiece vocabulary from ``texts``: the special tokens, the alphabet, then one token per merge.
+
+    Words come from :func:`basic_tokenize`. Each is first spelled in characters, continuations marked ``##`` ("film" -> ``f ##i ##l ##m``). Then, repeatedly,
+    the adjacent pair ``(a, b)`` with the highest *likelihood score*
+
+        score(a, b) = count(a b) / (count(a) * count(b))
+
+    is merged into a new token (``f`` + ``##i`` -> ``fi``; ``##l`` + ``##m`` -> ``##lm``). Unlike BPE's raw pair
+    count, the score asks how much more often ``a`` and ``b`` occur together than their own frequencies predict:
+    merging them raises the corpus likelihood under a unigram model the most (Schuster & Nakajima, 2012). Ties
+    go to the more frequent pair, then to the smaller pair of strings, so training is deterministic.
+
+    The pure score favours pairs of rare tokens (two letters seen once, always together, score 1), which spends
+    the vocabulary on rare words; pairs seen fewer than ``min_frequency`` times are therefore never merged.
+
+    Only the words that contain the merged pair are updated, and a heap with lazy deletion finds the best pair;
+    a merge changes the counts of ``a`` and ``b`` and so the score of *every* pair that contains them, which is
+    why those pairs are re-pushed too.
+
+    Returns the vocabulary as a list (the index is the id); give it to ``WordPieceTokenizer(tokens=...)``.
+    """
+    if not isinstance(vocab_size, int) or vocab_size < 1:
+        raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
+    freq: Counter[str] = Counter()
+    for text in texts:
+        freq.update(basic_tokenize(text, lowercase))
+    words = list(freq)
+    if not words:
+        raise ValueError("no words to train on: texts is empty or has no letters")
+    weights = [freq[w] for w in words]
+    splits = [[w[0]] + ["##" + c for c in w[1:]] for w in words]
+    specials = list(special_tokens)
+    alphabet = sorted({t for s in splits for t in s})
+    vocab = specials + [t for t in alphabet if t not in specials]
+    if vocab_size < len(vocab):
+        raise ValueError(f"vocab_size={vocab_size} is smaller than the {len(specials)} special tokens plus the "
+                         f"{len(alphabet)} characters of the corpus; use at least {len(vocab)}")
+
+    tok_count: dict[str, int] = defaultdict(int)
+    pair_count: dict[tuple[str, str], int] = defaultdict(int)
+    where: dict[tuple[str, str], set[int]] = defaultdict(set)  # pair -> words that (may) contain it
+    pairs_of: dict[str, set[tuple[str, str]]] = defaultdict(set)  # token -> pairs it is part of
+
+    def add(wi: int, sign: int, changed_pairs: set) -> None:
+        s, f = splits[wi], weights[wi] * sign
+        for t in s:
+            tok_count[t] += f
+        for p in zip(s, s[1:]):
+            pair_count[p] += f
+            changed_pairs.add(p)
+            if sign > 0:
+                where[p].add(wi)
+                pairs_of[p[0]].add(p)
+                pairs_of[p[1]].add(p)
+
+    def score(p) -> float:
+        return pair_count[p] / (tok_count[p[0]] * tok_count[p[1]])
+
+    for wi in range(len(words)):
+        add(wi, +1, set())
+    heap = [(-score(p), -c, p) for p, c in pair_count.items() if c >= min_frequency]
+    heapq.heapify(heap)
+    while len(vocab) < vocab_size and heap:
+        neg_score, neg_count, pair = heapq.heappop(heap)
+        if pair_count.get(pair, 0) <= 0 or neg_count != -pair_count[pair] or neg_score != -score(pair):
+            continue  # stale: the pair's count or one of its tokens' counts changed since it was pushed
+        a, b = pair
+        new = a + b[2:] if b.startswith("##") else a + b
+        if verbose:
+            print(f"merge {len(vocab)}: {a!r} + {b!r} -> {new!r} (score {-neg_score:.2e}, count {-neg_count})")
+        if new not in vocab:  # ("a", "##b") and ("ab",) spellings can meet: one token, two routes
+            vocab.append(new)
+        changed_pairs: set = set()
+        for wi in where.pop(pair):
+            s = splits[wi]
+            if not any(x == a and y == b for x, y in zip(s, s[1:])):
+                continue  # an older merge already consumed this occurrence
+            add(wi, -1, changed_pairs)
+            merged, i = [], 0
+            while i < len(s):
+                if i + 1 < len(s) and s[i] == a and s[i + 1] == b:
+                    merged.append(new)
+                    i += 2
+                else:
+                    merged.append(s[i])
+                    i += 1
+            splits[wi] = merged
+            add(wi, +1, changed_pairs)
+        for t in (a, b, new):  # only these tokens' counts changed: every pair containing one has a new score
+            changed_pairs |= pairs_of[t]
+        for p in changed_pairs:
+            c = pair_count.get(p, 0)
+            if c >= min_frequency and c > 0:
+                heapq.heappush(heap, (-score(p), -c, p))
+    return vocab

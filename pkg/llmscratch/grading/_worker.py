@@ -41,7 +41,8 @@ def _kill_descendants() -> None:
 
 
 def main() -> int:
-    # The job (with the expected pass tokens) comes on stdin, which the kernel does not share, not in a file.
+    # The job comes on stdin, which the kernel does not share. Nothing reported here decides a verdict: the
+    # judge compares the graded cells' recordings; these facts only explain failures (errors, timeouts).
     job = json.loads(sys.stdin.read())
     sys.stdin.close()
     channel = os.fdopen(int(job["fd"]), "w", buffering=1)
@@ -58,7 +59,6 @@ def main() -> int:
     from papermill.engines import papermill_engines
     from papermill.parameterize import parameterize_notebook
 
-    tokens = job["tokens"]  # graded cell id -> the pass token only the real guard can print
     cap_cell, cap_total = int(job["max_output_cell"]), int(job["max_output_total"])
     sizes: dict[int, int] = {}
     truncated: set[int] = set()
@@ -100,16 +100,9 @@ def main() -> int:
             if cell.cell_type == "code":
                 errors = [[o.get("ename", ""), str(o.get("evalue", ""))[:2000]]
                           for o in cell.get("outputs", []) if o.get("output_type") == "error"]
-                stdout = "".join(o.get("text", "") for o in cell.get("outputs", [])
-                                 if o.get("output_type") == "stream" and o.get("name") == "stdout")
-                nonce = tokens.get(cell.get("id"))
-                line = f"LLMSCRATCH-CHECK-PASSED {cell.get('id')} {nonce}"
                 emit(event="cell", id=cell.get("id"), index=cell_index,
                      completed=died is None and cell.get("execution_count") is not None,
-                     errors=errors, token=bool(nonce) and any(
-                         ln.startswith(line) for ln in stdout.splitlines()),
-                     threads=bool(nonce) and f"{line} threads" in stdout,
-                     timeout=id(cell) in timed_out, truncated=cell_index in truncated, died=died,
+                     errors=errors, timeout=id(cell) in timed_out, truncated=cell_index in truncated, died=died,
                      seconds=round(time.monotonic() - start, 3))
 
     nbclient.client.NotebookClient.output = capped_output

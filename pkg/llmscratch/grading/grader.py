@@ -7,15 +7,22 @@ For each submission:
    or change its points); a graded cell the student deleted is put back after the nearest lab cell that is still
    there. Student cells keep their code but lose their outputs and tags. The lab's own solution code never enters
    the merged notebook.
+   In the graded cells every ``want=`` (the in-cell reference, for the student's own feedback) is removed, so
+   no reference value exists in the student's kernel.
 2. **Execute.** The merged notebook runs with papermill (``SMOKE=True`` injected) in a separate worker process
-   (``_worker.py``) with a per-cell time limit (the kernel is interrupted and the next cell runs), a total
-   wall-clock limit enforced here (the worker and every process below it are killed), an address-space and a
-   file-size limit (``setrlimit`` before the worker starts; the kernel inherits them), and capped output.
-   A guard cell inserted before any student code snapshots what the checks rely on; each check runs on that
-   restored state and prints an HMAC pass token only it can compute (see ``_guard.py``).
+   (``_worker.py``) inside a bubblewrap sandbox (``sandbox.py``: no network, read-only system, only its own
+   scratch folder writable, no view of the lab, the gradebook or other submissions), with a per-cell time limit
+   (the kernel is interrupted and the next cell runs), a total wall-clock limit enforced here (the worker and
+   every process below it are killed), an address-space and a file-size limit (``setrlimit``, inherited) and
+   capped output. The graded cells only *observe*: ``llmscratch.grading.check`` records the values the student's
+   code returns, on inputs drawn from this run's seed, as JSON + ``.npz`` in the scratch folder.
+   The lab itself (the instructor's solution) runs once per ``grade`` call the same way, with the same seed:
+   its recordings are the reference, and it must pass its own checks.
 3. **Judge.** A judging notebook with one cell per (submission, graded cell) runs under ``pytest --nbval-lax``;
-   each cell passes or fails with the verdict (status and reason) computed from the worker's report
-   (``judge.py``); the outcomes are read from pytest's JUnit XML report.
+   each cell loads the two recordings and compares them (``judge.py`` with ``compare.py``: values within the
+   lab's tolerances, shapes, dtypes, properties). No student code runs there, and nothing the student's kernel
+   printed or reported decides a verdict; the worker's report only explains a failure (the error, a timeout).
+   The outcomes are read from pytest's JUnit XML report.
 4. **Gradebook.** One row per (student, exercise): points, max points, status (passed / failed / error /
    timeout / missing) and the reason; plus ``<out>_summary.csv`` with one row per student. Both are written
    atomically (temporary file + ``os.replace``); rows already in the gradebook for other students (or other labs)
@@ -35,7 +42,6 @@ import json
 import os
 import re
 import resource
-import secrets
 import subprocess
 import sys
 import tempfile
@@ -45,15 +51,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._guard import token  # the HMAC pass token the in-kernel guard prints
+from .check import GRADING_DIR_ENV, GRADING_ROLE_ENV, GRADING_SEED_ENV
 from .gradebook import GradingError, check_writable, summary_path, write_gradebook
+from .sandbox import bwrap_command, sandbox_status
+from .static import lab_problems, strip_wants
 
-__all__ = ["GradingError", "summary_path", "Lab", "load_lab", "student_from_filename", "read_roster", "merge_submission",
-           "suspicious_code", "grade", "add_cli", "STATUSES"]
+__all__ = ["GradingError", "summary_path", "Lab", "load_lab", "student_from_filename", "read_roster",
+           "merge_submission", "reference_notebook", "suspicious_code", "grade", "add_cli", "STATUSES"]
 
 STATUSES = ("passed", "failed", "error", "timeout", "missing")
 HERE = Path(__file__).resolve().parent
-GUARD_ID = "llmscratch-grader-guard"
 _PROTECTED_TAGS = ("setup", "parameters")
 _DROP_TAGS = ("injected-parameters", "papermill-error-cell-tag")
 
@@ -116,13 +123,20 @@ def load_lab(path: str | Path) -> Lab:
                 raise GradingError(f"{path}: graded cell {cid!r} needs integer metadata 'points' (got {points!r})")
             if not isinstance(exercise, str) or not exercise:
                 raise GradingError(f"{path}: graded cell {cid!r} needs metadata 'exercise' (e.g. 'ex01_shapes')")
-            graded.append({"id": cid, "exercise": exercise, "points": points, "index": i})
+            forbidden = meta.get("forbidden") or []
+            if not isinstance(forbidden, list) or not all(isinstance(f, str) for f in forbidden):
+                raise GradingError(f"{path}: graded cell {cid!r}: metadata 'forbidden' must be a list of names")
+            graded.append({"id": cid, "exercise": exercise, "points": points, "index": i, "forbidden": forbidden})
         elif any(t in tags for t in _PROTECTED_TAGS):
             protected[cid] = cell
     if not graded:
         raise GradingError(f"{path} has no graded cells (code cells tagged 'graded'); is it the lab notebook?")
     if {"setup", "parameters"} - {t for c in protected.values() for t in _tags(c)}:
         raise GradingError(f"{path} lacks a setup or parameters cell (see llmscratch.notebooks)")
+    problems = lab_problems(nb, str(path))
+    if problems:
+        raise GradingError("the lab's graded cells break the check format (see llmscratch.grading.check):\n  "
+                           + "\n  ".join(problems))
     return Lab(path=path, nb=nb, graded=graded, protected=protected)
 
 
@@ -182,12 +196,22 @@ def _fresh_code_cell(cid: str, source: str, tags=(), **meta) -> dict:
     return {"cell_type": "code", "id": cid, "metadata": md, "execution_count": None, "outputs": [], "source": source}
 
 
-def merge_submission(lab: Lab, sub: dict, secret_path: str) -> dict:
+def reference_notebook(lab: Lab) -> dict:
+    """The lab itself (the instructor's solution), code cells only, outputs cleared: run for the reference."""
+    cells = []
+    for c in lab.nb["cells"]:
+        if c.get("cell_type") == "code":
+            tags = [t for t in _tags(c) if t in _PROTECTED_TAGS or t == "graded"]
+            cells.append(_fresh_code_cell(str(c.get("id")), _src(c), tags=tags))
+    return {"cells": cells, "metadata": copy.deepcopy(lab.nb.get("metadata", {})), "nbformat": 4, "nbformat_minor": 5}
+
+
+def merge_submission(lab: Lab, sub: dict) -> dict:
     """The notebook to execute: the student's cells, with the lab's checks, setup and parameters restored."""
     graded_by_id = {g["id"]: g for g in lab.graded}
     lab_cells = {c.get("id"): c for c in lab.nb["cells"] if c.get("id")}
     used, merged, n = set(), [], 0
-    reserved = set(graded_by_id) | set(lab.protected) | {GUARD_ID}
+    reserved = set(graded_by_id) | set(lab.protected)
     for cell in sub["cells"]:
         if not isinstance(cell, dict):
             continue
@@ -236,22 +260,14 @@ def merge_submission(lab: Lab, sub: dict, secret_path: str) -> dict:
     for cid, lab_cell in lab.protected.items():  # setup, then parameters (lab order), always first
         cells.append(_fresh_code_cell(cid, _src(lab_cell), tags=[t for t in _tags(lab_cell) if t in _PROTECTED_TAGS]))
     cells.sort(key=lambda c: 0 if "setup" in c["metadata"]["tags"] else 1)
-    cells.append(_fresh_code_cell(GUARD_ID, (
-        "# Inserted by the grader before any student code: snapshot what the checks rely on.\n"
-        "import llmscratch.grading._guard as _llmscratch_guard\n"
-        f"_llmscratch_guard.install({secret_path!r})\n"
-        "del _llmscratch_guard\n")))
     for kind, item in merged:
         if kind == "student":
             cells.append(item)
             continue
         g = graded_by_id[item]
-        check = _src(lab_cells[item])
-        cells.append(_fresh_code_cell(item, (
-            "# Graded check (the instructor's copy), run by the grader on a restored state.\n"
-            "import sys as _llmscratch_sys\n"
-            f"_llmscratch_sys.modules['llmscratch.grading._guard'].run_check({check!r}, {item!r})\n"),
-            tags=["graded"], points=g["points"], exercise=g["exercise"]))
+        header = "# Graded check: the instructor's copy, its references removed by the grader\n"
+        cells.append(_fresh_code_cell(item, header + strip_wants(_src(lab_cells[item])),
+                                      tags=["graded"], points=g["points"], exercise=g["exercise"]))
     return {"cells": cells, "metadata": copy.deepcopy(lab.nb.get("metadata", {})), "nbformat": 4, "nbformat_minor": 5}
 
 
@@ -259,7 +275,7 @@ def merge_submission(lab: Lab, sub: dict, secret_path: str) -> dict:
 _SUSPICIOUS = {
     "builtins": r"\b(__builtins__|builtins)\b",
     "sys.modules": r"sys\s*\.\s*modules",
-    "grader internals": r"llmscratch\s*\.\s*grading|_llmscratch|LLMSCRATCH",
+    "grader internals": r"llmscratch\s*\.\s*grading|_llmscratch|LLMSCRATCH|\.npz\b|np\s*\.\s*savez",
     "IPython internals": r"get_ipython|run_cell|showtraceback|excepthook|\.kernel\b|\bInteractiveShell\b",
     "frame/GC introspection": r"\bgc\s*\.|_getframe|\bf_back\b|\bf_locals\b|__closure__|settrace|setprofile|\bctypes\b",
     "exit/kill": r"os\s*\.\s*_exit|sys\s*\.\s*exit|\bos\s*\.\s*kill|signal\s*\.|\bquit\s*\(|\bexit\s*\(",
@@ -271,12 +287,24 @@ _SUSPICIOUS = {
 
 
 def suspicious_code(sub: dict, lab: Lab) -> list[str]:
-    """Names of the tampering patterns found in the student's own code cells (not in cells from the lab)."""
+    """Flags for the student's own code cells (not cells from the lab): tampering patterns, and the calls the lab
+    names as ``forbidden`` for an exercise (e.g. ``torch.cdist`` where the exercise is to compute distances).
+
+    A flag asks for a human look; it never changes a score.
+    """
     lab_sources = {_src(c) for c in lab.nb["cells"]}
     text = "\n".join(_src(c) for c in sub.get("cells", []) if isinstance(c, dict) and c.get("cell_type") == "code"
                      and c.get("id") not in {g["id"] for g in lab.graded} | set(lab.protected)
                      and _src(c) not in lab_sources)
-    return [name for name, pattern in _SUSPICIOUS.items() if re.search(pattern, text)]
+    flags = [name for name, pattern in _SUSPICIOUS.items() if re.search(pattern, text)]
+    forbidden: dict[str, list[str]] = {}
+    for g in lab.graded:
+        for call in g.get("forbidden", []):
+            pattern = r"(?<!\w)" + r"\s*\.\s*".join(map(re.escape, call.split("."))) + r"\b"
+            if re.search(pattern, text) and call not in forbidden.setdefault(g["exercise"], []):
+                forbidden[g["exercise"]].append(call)
+    flags += [f"forbidden call in {ex}: {', '.join(calls)}" for ex, calls in forbidden.items() if calls]
+    return flags
 
 
 # ------------------------------------------------------------------------------------------------ execution
@@ -321,8 +349,19 @@ def _kill_tree(pid: int) -> None:
         pass
 
 
-def _kernel_env(workdir: Path) -> dict:
+def _python() -> str:
+    """The virtual environment's python, by a path without symlinked folders (the sandbox binds real paths)."""
+    exe = Path(sys.prefix).resolve() / "bin" / Path(sys.executable).name
+    return str(exe) if exe.exists() else sys.executable
+
+
+def _kernel_env(workdir: Path, grading: dict[str, str]) -> dict:
     env = dict(os.environ)
+    for key in list(env):  # no grading settings from the instructor's shell
+        if key.startswith("LLMSCRATCH_GRADING"):
+            env.pop(key)
+    env.update(grading)
+    env["PATH"] = os.pathsep.join([str(Path(_python()).parent), "/usr/local/bin", "/usr/bin", "/bin"])
     env.update({
         "HOME": str(workdir),  # keeps the kernel's ~ (caches, configs) out of the instructor's home
         "CUDA_VISIBLE_DEVICES": "",  # SMOKE grading runs on the CPU; CUDA's address-space reservation defeats RLIMIT_AS
@@ -337,24 +376,39 @@ def _kernel_env(workdir: Path) -> dict:
     return env
 
 
-def run_submission(exec_nb: dict, tokens: dict[str, str], workdir: Path, limits: Limits,
-                   keep: Path | None = None) -> dict:
-    """Execute one merged notebook in a worker process; return the facts the judge needs."""
+def run_submission(exec_nb: dict, workdir: Path, limits: Limits, seed: int, role: str = "student",
+                   sandbox: bool = True, keep: Path | None = None) -> dict:
+    """Execute one merged notebook in a (sandboxed) worker process; return the facts the judge needs.
+
+    ``workdir`` is the submission's scratch folder, the only place the kernel can write; the graded cells
+    record their observations in ``workdir/obs``.
+    """
+    workdir = workdir.resolve()
     nb_path = workdir / "submission.ipynb"
     nb_path.write_text(json.dumps(exec_nb), encoding="utf-8")
     cwd = workdir / "cwd"
     cwd.mkdir()
+    obs = workdir / "obs"
+    obs.mkdir()
     read_fd, write_fd = os.pipe()
     job = {"fd": write_fd, "notebook": str(nb_path), "cwd": str(cwd), "parameters": {"SMOKE": True},
-           "cell_timeout": limits.cell_timeout, "tokens": tokens, "kernel": "python3",
+           "cell_timeout": limits.cell_timeout, "kernel": "python3",
            "max_output_cell": limits.max_output_cell, "max_output_total": limits.max_output_total,
-           "output": str(keep) if keep else None}
-    facts: dict[str, Any] = {"cells": {}, "limits": {"cell": limits.cell_timeout, "total": limits.total_timeout}}
+           "output": str(workdir / "executed.ipynb") if keep else None}
+    facts: dict[str, Any] = {"cells": {}, "limits": {"cell": limits.cell_timeout, "total": limits.total_timeout},
+                             "obs": str(obs)}
+    from ..data import CACHE_ENV, cache_dir
+
+    cache = cache_dir()  # the instructor's data cache, read-only for the kernel (its HOME is the scratch folder)
+    env = _kernel_env(workdir, {GRADING_DIR_ENV: str(obs), GRADING_SEED_ENV: str(seed), GRADING_ROLE_ENV: role,
+                                CACHE_ENV: str(cache)})
+    cmd = [_python(), str(HERE / "_worker.py")]
+    if sandbox:
+        cmd = bwrap_command(cmd, workdir, data_dirs=[os.environ.get("LLMSCRATCH_DATA", ""), str(cache)])
     start = time.monotonic()
     with open(workdir / "worker.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, str(HERE / "_worker.py")],
-                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log, pass_fds=(write_fd,),
-                                cwd=cwd, env=_kernel_env(workdir), preexec_fn=_preexec(limits))
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log,
+                                pass_fds=(write_fd,), cwd=cwd, env=env, preexec_fn=_preexec(limits))
     os.close(write_fd)
     try:
         proc.stdin.write(json.dumps(job).encode())
@@ -411,11 +465,16 @@ def run_submission(exec_nb: dict, tokens: dict[str, str], workdir: Path, limits:
         tail = (workdir / "worker.log").read_bytes()[-2000:].decode("utf-8", "replace").strip().splitlines()
         facts["died"] = f"the grading process ended early (exit code {proc.returncode}): {' | '.join(tail[-3:])}"
     facts["seconds"] = round(time.monotonic() - start, 2)
+    if keep and (workdir / "executed.ipynb").is_file():
+        import shutil
+
+        shutil.copyfile(workdir / "executed.ipynb", keep)
     return facts
 
 
 # ---------------------------------------------------------------------------------------------------- judging
-def judge_with_nbval(facts: dict[str, dict], lab: Lab, workdir: Path, timeout: float = 300) -> dict:
+def judge_with_nbval(facts: dict[str, dict], lab: Lab, workdir: Path, reference_obs: Path,
+                     timeout: float = 300) -> dict:
     """Run the judging notebook under ``pytest --nbval-lax``; return {(key, cell id): (status, reason)}."""
     facts_path = workdir / "facts.json"
     facts_path.write_text(json.dumps(facts), encoding="utf-8")
@@ -425,7 +484,7 @@ def judge_with_nbval(facts: dict[str, dict], lab: Lab, workdir: Path, timeout: f
         f"spec = importlib.util.spec_from_file_location('llmscratch_judge', {str(HERE / 'judge.py')!r})\n"
         "judge = importlib.util.module_from_spec(spec)\n"
         "spec.loader.exec_module(judge)\n"
-        f"J = judge.Judge({str(facts_path)!r})\n"))]
+        f"J = judge.Judge({str(facts_path)!r}, {str(reference_obs)!r})\n"))]
     cells += [_fresh_code_cell(f"j{i}", f"J.check({key!r}, {cid!r})\n") for i, (key, cid) in enumerate(pairs)]
     nb = {"cells": cells, "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
                                                       "language": "python"}}, "nbformat": 4, "nbformat_minor": 5}
@@ -471,6 +530,46 @@ def judge_with_nbval(facts: dict[str, dict], lab: Lab, workdir: Path, timeout: f
 
 
 # --------------------------------------------------------------------------------------------------- grade()
+def secrets_seed() -> int:
+    """A fresh seed for one grading run: the checks' inputs are not known before the run."""
+    import secrets
+
+    return secrets.randbelow(2**31)
+
+
+def _threads_in(obs: str | None, cell_id: str) -> int:
+    try:
+        with open(Path(obs) / f"{cell_id}.json", encoding="utf-8") as fh:
+            n = json.load(fh).get("threads", 0)
+        return n if isinstance(n, int) else 0
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0
+
+
+def _more_threads(f: dict, ref: dict, lab: Lab) -> bool:
+    """A flag (never a score): more threads alive during a check than in the solution's run."""
+    return any(_threads_in(f.get("obs"), g["id"]) > _threads_in(ref["obs"], g["id"]) for g in lab.graded)
+
+
+def _check_reference(ref: dict, lab: Lab) -> None:
+    """The lab's own solution must run clean and record every graded cell; else grading cannot work."""
+    problems = []
+    for key in ("failed", "died", "total_timeout"):
+        if ref.get(key):
+            problems.append(f"{key}: {ref[key]}")
+    for g in lab.graded:
+        cell = ref.get("cells", {}).get(g["id"]) or {}
+        if cell.get("errors"):
+            ename, evalue = cell["errors"][0]
+            problems.append(f"graded cell {g['id']!r} fails on the solution: {ename}: {evalue[:300]}")
+        elif not (Path(ref["obs"]) / f"{g['id']}.json").is_file():
+            problems.append(f"graded cell {g['id']!r} recorded nothing on the solution (no `with check(...)`?)")
+    if problems:
+        raise GradingError(f"the lab {lab.path} does not pass its own checks, so there is no reference:\n  "
+                           + "\n  ".join(problems))
+
+
+
 @dataclass
 class _Sub:
     path: Path
@@ -497,8 +596,13 @@ def _assign_students(submissions: list[Path], roster: dict[str, str] | None) -> 
 
 def grade(lab: str | Path, submissions: list[str | Path], out: str | Path, roster: str | Path | None = None,
           jobs: int = 1, cell_timeout: float = 60, total_timeout: float = 600, memory_mb: int = 4096,
-          keep: str | Path | None = None, log=print):
+          keep: str | Path | None = None, require_sandbox: bool = False, sandbox: bool = True,
+          seed: int | None = None, log=print):
     """Grade ``submissions`` against ``lab``; write ``out`` and ``<out stem>_summary.csv``; return both frames.
+
+    Student code runs in the bubblewrap sandbox when it works here; otherwise (or with ``sandbox=False``) grading
+    goes on with a warning, unless ``require_sandbox`` is set. ``seed`` (default: drawn at random) chooses the
+    checks' inputs for this run; the lab's solution runs on the same inputs for the reference.
 
     Raises :class:`GradingError` only when grading itself cannot work; a broken submission gets rows with
     status ``error`` / ``timeout`` / ``failed`` and never stops the others.
@@ -519,33 +623,50 @@ def grade(lab: str | Path, submissions: list[str | Path], out: str | Path, roste
     if keep_dir:
         keep_dir.mkdir(parents=True, exist_ok=True)
     limits = Limits(cell_timeout=cell_timeout, total_timeout=total_timeout, memory_mb=memory_mb)
+    works, why = sandbox_status()
+    use_sandbox = sandbox and works
+    if not use_sandbox:
+        if require_sandbox:
+            raise GradingError(f"--require-sandbox: {why if not works else 'the sandbox was turned off'}")
+        log(f"warning: grading WITHOUT a sandbox: {why if not works else 'turned off'}. Student code can read "
+            "your files and reach the network; use --require-sandbox for assessed work.")
+    seed = secrets_seed() if seed is None else int(seed)
 
     with tempfile.TemporaryDirectory(prefix="llmscratch-grade-") as tmp:
         tmp = Path(tmp)
         facts: dict[str, dict] = {}
         flags: dict[str, list[str]] = {}
 
+        def reference() -> dict:
+            work = tmp / "reference"
+            work.mkdir()
+            # The lab is trusted code: its run gets generous time limits, so that a tight --timeout meant for
+            # students never leaves grading without a reference.
+            ref_limits = Limits(cell_timeout=max(cell_timeout, 300), total_timeout=max(total_timeout, 1800),
+                                memory_mb=memory_mb)
+            return run_submission(reference_notebook(lab_obj), work, ref_limits, seed, role="reference",
+                                  sandbox=use_sandbox)
+
+        read = {s.key: _read_submission(s.path) for s in subs}
+
         def one(i: int, s: _Sub) -> tuple[str, dict]:
-            nb, problem = _read_submission(s.path)
+            nb, problem = read[s.key]
             if problem:
                 return s.key, {"invalid": problem, "cells": {}, "seconds": 0.0}
             flags[s.key] = suspicious_code(nb, lab_obj)
             work = tmp / f"s{i:04d}"
             work.mkdir()
-            secret = secrets.token_bytes(32)
-            secret_path = work / "secret"
-            secret_path.write_bytes(secret)
-            os.chmod(secret_path, 0o600)
-            tokens = {g["id"]: token(secret, g["id"]) for g in lab_obj.graded}
             try:
-                exec_nb = merge_submission(lab_obj, nb, str(secret_path))
+                exec_nb = merge_submission(lab_obj, nb)
             except Exception as err:  # a notebook so odd that merging fails is the submission's problem
                 return s.key, {"invalid": f"not a valid notebook: {type(err).__name__}: {err}", "cells": {}}
             target = keep_dir / (re.sub(r"[^A-Za-z0-9._-]", "_", s.student) + ".ipynb") if keep_dir else None
-            return s.key, run_submission(exec_nb, tokens, work, limits, keep=target)
+            return s.key, run_submission(exec_nb, work, limits, seed, sandbox=use_sandbox, keep=target)
 
         start = time.monotonic()
         with cf.ThreadPoolExecutor(max_workers=jobs) as pool:
+            # The reference runs once, alongside the students, unless no submission can be run at all.
+            ref_future = pool.submit(reference) if any(p is None for _, p in read.values()) else None
             futures = {pool.submit(one, i, s): s for i, s in enumerate(subs)}
             for fut in cf.as_completed(futures):
                 s = futures[fut]
@@ -555,8 +676,15 @@ def grade(lab: str | Path, submissions: list[str | Path], out: str | Path, roste
                     key, f = s.key, {"failed": f"{type(err).__name__}: {err}", "cells": {}}
                 facts[key] = f
                 log(f"ran {s.path.name} ({s.student}) in {f.get('seconds', 0):.1f} s")
+            ref = ref_future.result() if ref_future else None
         elapsed = time.monotonic() - start
-        verdicts = judge_with_nbval(facts, lab_obj, tmp) if subs else {}
+        if ref is not None:
+            _check_reference(ref, lab_obj)
+            verdicts = judge_with_nbval(facts, lab_obj, tmp, Path(ref["obs"]))
+            for f in facts.values():
+                f["threads"] = _more_threads(f, ref, lab_obj)
+        else:  # nothing ran: every submission is unreadable
+            verdicts = {(key, g["id"]): ("error", f["invalid"]) for key, f in facts.items() for g in lab_obj.graded}
 
     rows, summary_rows = [], []
     exercises = lab_obj.exercises
@@ -582,8 +710,10 @@ def grade(lab: str | Path, submissions: list[str | Path], out: str | Path, roste
         state = "error" if f.get("invalid") or f.get("died") or f.get("failed") else (
             "timeout" if f.get("total_timeout") else "graded")
         fl = list(flags.get(s.key, []))
-        if any(c.get("threads") for c in f.get("cells", {}).values()):
+        if f.get("threads"):
             fl.append("threads running during checks")
+        if not use_sandbox:
+            fl.append("no sandbox")
         if any(c.get("truncated") for c in f.get("cells", {}).values()):
             fl.append("output truncated")
         summary_rows.append({"lab": lab_obj.name, "student": s.student, "points": pts, "max_points": total,
@@ -614,7 +744,8 @@ def grade(lab: str | Path, submissions: list[str | Path], out: str | Path, roste
 def _cmd_grade(args: argparse.Namespace) -> int:
     try:
         grade(args.lab, args.submissions, args.out, roster=args.roster, jobs=args.jobs,
-              cell_timeout=args.cell_timeout, total_timeout=args.timeout, memory_mb=args.memory_mb, keep=args.keep)
+              cell_timeout=args.cell_timeout, total_timeout=args.timeout, memory_mb=args.memory_mb, keep=args.keep,
+              require_sandbox=args.require_sandbox, seed=args.seed)
     except GradingError as err:
         print(f"grading failed: {err}", file=sys.stderr)
         return 2
@@ -635,4 +766,8 @@ def add_cli(sub: Any) -> None:
     p.add_argument("--timeout", type=float, default=600, help="seconds per submission in all (default 600)")
     p.add_argument("--memory-mb", type=int, default=4096, help="address-space limit of the kernel, MiB (default 4096)")
     p.add_argument("--keep", help="folder to keep each executed notebook in (<student>.ipynb), as feedback")
+    p.add_argument("--require-sandbox", action="store_true",
+                   help="refuse to grade unless the bubblewrap sandbox works here (use it for assessed work)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the checks' inputs (default: a fresh random seed per run)")
     p.set_defaults(func=_cmd_grade)

@@ -16,6 +16,9 @@ The rules (the same ones ``tests/test_release.py`` checks):
 - The JSON is written deterministically (sorted keys, one-space indent, sources split into lines, trailing
   newline), so releasing twice gives the same bytes and ``release --check`` can compare files.
 
+``release`` and ``release --check`` also run the static checks of :mod:`llmscratch.grading.static` on every lab
+(graded cells self-contained, in the check format; no exercise repeated across labs) and exit 1 on a problem.
+
 A solution notebook that breaks a rule (markers unbalanced or nested, a block outside a function body, a cell
 without an id, markers in a graded check cell) raises :class:`ReleaseError` naming the cell and the fix.
 """
@@ -259,11 +262,18 @@ def release_all(
 
 
 def _cmd_release(args) -> int:
+    from .static import all_problems
+
     try:
         changed = release_all(args.solutions, args.exercises, check=args.check, notebooks=args.notebooks)
     except ReleaseError as err:
         print(f"release failed: {err}", file=sys.stderr)
         return 2
+    problems = all_problems(args.solutions) if Path(args.solutions).is_dir() else []
+    if problems:  # graded cells that are not self-contained, or an exercise repeated across labs
+        print("the labs' graded cells break the check format (see llmscratch.grading.check):", file=sys.stderr)
+        for p in problems:
+            print(f"  {p}", file=sys.stderr)
     if args.check:
         if changed:
             print("exercises/ is out of date; run `llmscratch release`. Files that differ:", file=sys.stderr)
@@ -271,12 +281,12 @@ def _cmd_release(args) -> int:
                 print(f"  {p}", file=sys.stderr)
             return 1
         print("exercises/ is up to date")
-        return 0
+        return 1 if problems else 0
     for p in changed:
         print(f"wrote {p}")
     if not changed:
         print("exercises/ already up to date")
-    return 0
+    return 1 if problems else 0
 
 
 def add_cli(sub: Any) -> None:

@@ -30,6 +30,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from torch.utils.checkpoint import checkpoint
+
 from .attention import KVCache, MultiHeadAttention, check_attention_mask
 from ..losses import fused_linear_cross_entropy
 from .layers import FeedForward, LayerNorm
@@ -82,6 +84,11 @@ class GPTConfig:
             e.g. 50304 for GPT-2) so GPU matmuls hit tensor-core friendly shapes; logits are still cut to
             ``vocab_size``. ``None``: no padding.
         layer_norm_eps: LayerNorm epsilon (GPT-2: 1e-5).
+        gradient_checkpointing: activation checkpointing per block in training (``torch.utils.checkpoint``,
+            non-reentrant): a block keeps only its input for backward and runs its forward again there, so the
+            activations stored for backward shrink from every block's intermediates to one ``(batch, seq,
+            d_model)`` tensor per block, for about one more forward pass of compute. Same gradients (dropout
+            masks are replayed). No effect in eval mode, without gradients or with a KV cache.
     """
 
     vocab_size: int = 50257
@@ -95,6 +102,7 @@ class GPTConfig:
     tie_weights: bool = True
     padded_vocab_size: int | None = None
     layer_norm_eps: float = 1e-5
+    gradient_checkpointing: bool = False
 
     def __post_init__(self):
         for name in ("vocab_size", "context_length", "d_model", "n_heads", "n_layers"):
@@ -283,8 +291,14 @@ class GPTModel(nn.Module):
                 # Position of a real token = number of real tokens before it, so padding does not shift positions.
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]  # (B, T)
         x = self.drop_emb(self.tok_emb(idx) + self.pos_emb(position_ids))  # (B, T, d_model)
+        recompute = self.cfg.gradient_checkpointing and self.training and torch.is_grad_enabled() and cache is None
         for i, block in enumerate(self.blocks):
-            x = block(x, attention_mask=attention_mask, cache=cache[i] if cache is not None else None)
+            if recompute:
+                # Non-reentrant: works with keyword arguments and inputs that need no grad, and replays the RNG
+                # state, so dropout draws the same masks in the recomputation as in the forward pass.
+                x = checkpoint(block, x, attention_mask, use_reentrant=False)
+            else:
+                x = block(x, attention_mask=attention_mask, cache=cache[i] if cache is not None else None)
         return self.final_norm(x)
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor, attention_mask: torch.Tensor | None = None,
