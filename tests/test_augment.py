@@ -146,3 +146,29 @@ def test_back_translation_through_marian_models(tiny_marian):
         greedy(greedy(texts))
     with pytest.raises(TypeError, match="not str"):
         augment.back_translate(["ok", 3], tiny_marian, tiny_marian)
+
+
+def test_contextual_replacement_with_a_tiny_bert():
+    torch = pytest.importorskip("torch")
+    from llmscratch.models.bert import BertConfig, BertForMaskedLM
+    from llmscratch.tokenizers import BERT_SPECIAL_TOKENS, WordPieceTokenizer
+
+    words = "the film was good and the actors were great but story slow".split()
+    tokens = list(BERT_SPECIAL_TOKENS) + sorted(set(words)) + ["##s", "##ing", "movie", "bad"]
+    tok = WordPieceTokenizer(tokens=tokens)
+    torch.manual_seed(0)
+    model = BertForMaskedLM(BertConfig(vocab_size=len(tokens), hidden_size=16, num_hidden_layers=1,
+                                       num_attention_heads=2, intermediate_size=32, max_position_embeddings=32))
+    sent = "the film was good and the actors were great but the story was slow zzz"
+    for seed in range(20):
+        out = augment.contextual_replacement(sent, model, tok, p=0.25, seed=seed)
+        assert out == augment.contextual_replacement(sent, model, tok, p=0.25, seed=seed)
+        a, b = sent.split(), out.split()
+        assert len(a) == len(b)
+        changed = [i for i in range(len(a)) if a[i] != b[i]]
+        assert 1 <= len(changed) <= round(0.25 * len(a))
+        for i in changed:
+            assert a[i] != "zzz" and b[i] in tok.vocab and not b[i].startswith("##")
+            assert tok.vocab[b[i]] not in tok.special_ids
+    with pytest.raises(ValueError, match="p must be"):
+        augment.contextual_replacement(sent, model, tok, p=0)

@@ -1,4 +1,5 @@
-"""Text augmentation: EDA (Wei & Zou 2019), AEDA (Karimi et al. 2021), and back-translation (Sennrich et al. 2016).
+"""Text augmentation: EDA (Wei & Zou 2019), AEDA (Karimi et al. 2021), back-translation (Sennrich et al. 2016) and
+contextual replacement with chapter 4's masked language model (Kobayashi 2018).
 
 EDA makes ``num_aug`` noisy copies of a sentence with four operations, each changing about ``alpha * n`` of its
 ``n`` words: synonym replacement (SR, from WordNet, never a stop word), random insertion (RI, a synonym of a
@@ -32,6 +33,7 @@ __all__ = [
     "eda_params",
     "aeda",
     "back_translate",
+    "contextual_replacement",
 ]
 
 # The stop-word list of Wei & Zou's eda.py (NLTK's English list, as they copied it): never replaced by SR.
@@ -284,3 +286,52 @@ def back_translate(texts: Sequence[str], forward: str = "Helsinki-NLP/opus-mt-en
     torch.manual_seed(seed)
     pivot = translate(texts, forward, sample)
     return translate(pivot, backward, False)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Contextual replacement with chapter 4's masked language model
+# --------------------------------------------------------------------------------------------------------------
+
+
+def contextual_replacement(sentence: str, model, tokenizer, p: float = 0.15, top_k: int = 10, seed=None) -> str:
+    """Replace about ``p`` of the words by what a masked language model predicts in their place (Kobayashi 2018).
+
+    ``model``: a :class:`llmscratch.models.bert.BertForMaskedLM` (logits ``(1, seq, vocab)``); ``tokenizer``: its
+    :class:`~llmscratch.tokenizers.WordPieceTokenizer`. Only words that are one vocabulary token are masked (all
+    at once); each is replaced by a token sampled (seeded) among the ``top_k`` most likely whole-word tokens,
+    never a special token, a ``##`` continuation or the word itself. The number of words is unchanged.
+    """
+    import torch
+
+    if not 0 < p <= 1:
+        raise ValueError(f"p must be in (0, 1], got {p}")
+    rng = _rng(seed)
+    words = sentence.split()
+    pieces = [tokenizer.tokenize(w) for w in words]
+    maskable = [i for i, pc in enumerate(pieces) if len(pc) == 1 and tokenizer.vocab.get(pc[0]) is not None
+                and tokenizer.vocab[pc[0]] not in tokenizer.special_ids]
+    if not maskable:
+        return sentence
+    chosen = sorted(rng.sample(maskable, max(1, min(len(maskable), round(p * len(words))))))
+    ids, where = [tokenizer.cls_id], {}
+    for i, pc in enumerate(pieces):
+        if i in chosen:
+            where[i] = len(ids)
+            ids.append(tokenizer.mask_id)
+        else:
+            ids += [tokenizer.vocab.get(t, tokenizer.unk_id) for t in pc]
+    ids.append(tokenizer.sep_id)
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.tensor([ids]))[0].float()  # (seq, vocab)
+    banned = torch.tensor([t in tokenizer.special_ids or tok.startswith("##")
+                           for t, tok in enumerate(tokenizer.tokens)])
+    gen = torch.Generator().manual_seed(rng.randrange(2**31))
+    out = list(words)
+    for i, pos in where.items():
+        scores = logits[pos].masked_fill(banned, float("-inf"))
+        scores[tokenizer.vocab[pieces[i][0]]] = float("-inf")
+        top = torch.topk(scores, min(top_k, int(torch.isfinite(scores).sum())))
+        pick = torch.multinomial(torch.softmax(top.values, -1), 1, generator=gen).item()
+        out[i] = tokenizer.tokens[top.indices[pick].item()]
+    return " ".join(out)
