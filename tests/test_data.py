@@ -410,7 +410,8 @@ def test_verify_memo_is_an_opt_out(isolated, data_dir, monkeypatch):
     rel = "text/the-verdict.txt"
     hashed = []
     real = data.file_sha256
-    monkeypatch.setattr(data, "file_sha256", lambda path, *a: hashed.append(path) or real(path, *a))
+    # verify lives in data.registry: patch the name it looks up
+    monkeypatch.setattr(data.registry, "file_sha256", lambda path, *a: hashed.append(path) or real(path, *a))
     p = data_dir / rel
     data.verify(p, rel)
     data.verify(p, rel)
@@ -419,3 +420,24 @@ def test_verify_memo_is_an_opt_out(isolated, data_dir, monkeypatch):
     monkeypatch.setenv("LLMSCRATCH_VERIFY", "always")
     data.verify(p, rel)
     assert len(hashed) == 3
+
+
+def test_wordnet_is_downloaded_from_the_registry_url_when_not_on_disk(isolated, server, monkeypatch):
+    """Online users get NLTK's wordnet.zip (served here from 127.0.0.1) unpacked into the cache's nltk_data/."""
+    import zipfile
+
+    from llmscratch.data import augment
+
+    root, base, log = server
+    with zipfile.ZipFile(root / "wordnet.zip", "w") as zf:  # NLTK's layout: files under wordnet/
+        zf.writestr("wordnet/data.noun", "  1 header\n")
+        zf.writestr("wordnet/index.noun", "  1 header\n")
+    monkeypatch.setattr(augment, "WORDNET_URLS", (base + "wordnet.zip",))
+    home = augment._nltk_home()
+    assert home == isolated / "cache" / "nltk_data" and log == ["/wordnet.zip"]
+    assert (home / "corpora/wordnet/index.noun").read_text() == "  1 header\n"
+    assert augment._nltk_home() == home and log == ["/wordnet.zip"]  # found in the cache the second time
+    (home / "corpora/wordnet/data.noun").unlink()
+    monkeypatch.setenv("LLMSCRATCH_OFFLINE", "1")
+    with pytest.raises(DataNotFoundError, match="LLMSCRATCH_DATA"):
+        augment._nltk_home()
