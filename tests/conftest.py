@@ -42,3 +42,18 @@ def data_dir() -> Path:
     if not value or not Path(value).is_dir():
         pytest.skip("needs the data folder: set LLMSCRATCH_DATA to the shared data folder (see README)")
     return Path(value)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tests on one torch thread (``pytestmark = pytest.mark.usefixtures("one_thread")``).
+
+    Tiny models are as fast on one thread on a quiet machine and far faster on a loaded one: two threads on two
+    busy cores spin-wait (a 1 s training run took 25 s). Results, bit-identity included, do not depend on it.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -61,13 +61,7 @@ def _weights(trainer: Trainer) -> dict:
     return {k: v.clone() for k, v in trainer.model.state_dict().items()}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Bit-identity does not need it, but two threads on a loaded two-core machine spin: 25x slower here.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -30,14 +30,7 @@ from llmscratch.train import (
 VOCAB, SEQ = 17, 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These models are tiny: one thread is as fast on a quiet machine and far faster on a loaded one (two
-    # threads on two busy cores spin-wait; a 1 s training run took 25 s). Results do not depend on it.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 class TinyLM(nn.Module):
