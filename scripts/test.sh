@@ -9,5 +9,5 @@ bash scripts/setup_env.sh
 if [ -z "${LLMSCRATCH_DATA:-}" ] && [ -d ../shared/data ]; then
   export LLMSCRATCH_DATA="$(cd ../shared/data && pwd)"
 fi
-# Two workers for two cores; a file's tests stay on one worker (the book is built once per session).
+# Two workers for two cores; a file's tests stay on one worker except the notebook runs (tests/conftest.py).
 exec "${VENV:-.venv}/bin/python" -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadfile "$@"

@@ -57,3 +57,25 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+
+# Scheduling under pytest-xdist (`scripts/test.sh` runs `-n 2 --dist loadfile`). A file's tests stay together on
+# one worker, because module- and session-scoped fixtures (the built book, the hostile grading batch, saved
+# reference models) would otherwise be built once per worker. The long, independent notebook runs are the
+# exception, shared between the two workers one by one: every test of tests/test_notebooks.py (SMOKE runs, nbval)
+# and tests/test_grading.py's per-lab test (one grade call per lab). xdist's own `loadgroup` mode cannot do this
+# under pytest 9 (it renames node ids through an attribute pytest no longer reads), hence this scheduler.
+SPREAD = ("tests/test_notebooks.py::", "tests/test_grading.py::test_every_lab_solution_full_marks_exercise_zero[")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getoption("dist") != "loadfile":
+        return None  # any other mode is xdist's own
+    from xdist.scheduler import LoadFileScheduling
+
+    class LoadFileSpreadingNotebookRuns(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return nodeid if nodeid.startswith(SPREAD) else super()._split_scope(nodeid)
+
+    return LoadFileSpreadingNotebookRuns(config, log)
