@@ -1,8 +1,9 @@
 """Chapter 8 on two processes: ``torchrun --nproc-per-node 2`` (gloo, CPU) runs ``llmscratch.train.launch``,
 which trains with the unchanged Trainer (DDP, ZeRO-1, FSDP2), checks tensor and pipeline parallelism against the
-full model, and stops a run half-way with a checkpoint; one plain process runs the same global batch as the
-reference and resumes the two-process checkpoint. Two launches in all (a module fixture), so the CI time stays
-small."""
+full model, resumes a one-process checkpoint and stops a run half-way with its own checkpoint. The one-process
+reference (the same global batch, and its half-way checkpoint) and the one-process resume of the two-process
+checkpoint run in this test process: one launch of two processes in all (a module fixture), so the CI time
+stays small."""
 
 from __future__ import annotations
 
@@ -28,13 +29,16 @@ def _run(args: list[str], tmp: Path) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
+    from llmscratch.train import launch
+
     tmp = tmp_path_factory.mktemp("dist")
-    two, one = tmp / "two", tmp / "one"
+    one, two, back = tmp / "one", tmp / "two", tmp / "back"
+    launch.main(["data-parallel", "--out", str(one)])  # 1 process: the reference, and ckpt/ at half-way
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-          "-m", "llmscratch.train.launch", "all", "--out", str(two)], tmp)
-    _run([sys.executable, "-m", "llmscratch.train.launch", "data-parallel", "--out", str(one),
-          "--resume-from", str(two / "ckpt" / "last.pt")], tmp)
-    return {"two": two, "one": one}
+          "-m", "llmscratch.train.launch", "all", "--out", str(two), "--resume-from", str(one / "ckpt" / "last.pt")],
+         tmp)
+    launch.main(["resume", "--out", str(back), "--resume-from", str(two / "ckpt" / "last.pt")])
+    return {"one": one, "two": two, "back": back}
 
 
 def _max_diff(a: Path, b: Path) -> float:
@@ -63,8 +67,17 @@ def test_zero1_and_fsdp_equal_ddp_and_halve_the_optimizer_state(runs, kind):
     assert len(sharded) == 2 and all(0.4 * full[0] <= b <= 0.6 * full[0] for b in sharded)
 
 
-def test_a_two_process_checkpoint_resumes_exactly_on_one_process(runs):
-    assert _max_diff(runs["one"] / "resumed.pt", runs["one"] / "ddp.pt") <= TOL
+def test_a_checkpoint_resumes_exactly_on_another_number_of_processes(runs):
+    one_proc = torch.load(runs["one"] / "ckpt" / "last.pt", weights_only=False)
+    two_proc = torch.load(runs["two"] / "ckpt" / "last.pt", weights_only=False)
+    assert one_proc["step"] == two_proc["step"] == 2  # stopped half-way through the 4 steps of ddp.pt
+    # 1 process -> 2 processes, and 2 processes -> 1 process: both continue to the uninterrupted weights
+    assert _max_diff(runs["two"] / "resumed.pt", runs["one"] / "ddp.pt") <= TOL
+    assert _max_diff(runs["back"] / "resumed.pt", runs["one"] / "ddp.pt") <= TOL
+    results = json.loads((runs["two"] / "results.json").read_text())
+    assert results["resumed"]["world_size"] == 2 and results["resumed"]["from"].startswith(str(runs["one"]))
+    # the two-process run logged the two steps after the checkpoint on top of the one-process history
+    assert len(results["resumed"]["step_loss"]) == 4
 
 
 def test_tensor_and_pipeline_parallel_equal_one_process(runs):

@@ -3,14 +3,19 @@
 ::
 
     torchrun --standalone --nproc-per-node 2 -m llmscratch.train.launch all --out runs/2proc
-    python -m llmscratch.train.launch all --out runs/1proc           # one process, the same global batch
+    python -m llmscratch.train.launch data-parallel --out runs/1proc  # one process, the same global batch
+    python -m llmscratch.train.launch resume --out runs/back --resume-from runs/2proc/ckpt/last.pt
 
 ``data-parallel`` trains a tiny GPT for ``--steps`` optimizer steps with the *unchanged*
 :class:`llmscratch.train.Trainer` three ways: DDP, ZeRO-1 (``ZeroRedundancyOptimizer``) and FSDP2
 (``fully_shard``); it writes each run's weights (``ddp.pt``, ``zero1.pt``, ``fsdp.pt``) and every rank's
 optimizer-state bytes. It also stops a DDP run half-way with a checkpoint (``ckpt/last.pt``), and with
 ``--resume-from`` it then continues such a checkpoint (written by a run on any number of processes) to
-``--steps`` into ``resumed.pt``.
+``--steps`` into ``resumed.pt``. ``resume`` does only that last part (no training from scratch): continue
+``--resume-from`` into ``resumed.pt``. A checkpoint resumes on any world size because the data of one
+optimizer step does not depend on it: the per-process batch is ``--global-batch / (world size x
+--accumulation)`` and the ``DistributedSampler`` deals the examples round-robin, so the global batch of every
+step, and the number of micro-batches per epoch in each process, are the same for 1 or 2 processes.
 ``model-parallel`` (2 processes) checks tensor parallelism (by hand and with ``torch.distributed.tensor``)
 and a two-stage GPipe pipeline against the full model computed in the same process, and writes the largest
 differences. Everything lands in ``--out`` (``results.json`` plus the weight files), written by rank 0.
@@ -120,10 +125,17 @@ def data_parallel(args, results: dict) -> None:
     # Stopped half-way with a checkpoint, for --resume-from (on this or another number of processes).
     _train("ddp", args.steps // 2, args.global_batch, args.accumulation, checkpoint_dir=out / "ckpt")
     if args.resume_from:
-        trainer, _ = _train("ddp", args.steps, args.global_batch, args.accumulation, resume_from=args.resume_from)
-        state = _full_state(trainer.model)
-        if D.is_main_process():
-            _save(state, out / "resumed.pt")
+        resume(args, results)
+
+
+def resume(args, results: dict) -> None:
+    """Continue ``--resume-from`` (a DDP checkpoint of a run on any number of processes) to ``--steps``."""
+    trainer, _ = _train("ddp", args.steps, args.global_batch, args.accumulation, resume_from=args.resume_from)
+    state = _full_state(trainer.model)
+    if D.is_main_process():
+        _save(state, Path(args.out) / "resumed.pt")
+        results["resumed"] = {"from": str(args.resume_from), "world_size": D.world_size(),
+                              "step_loss": trainer.history.step_loss}
 
 
 def model_parallel(args, results: dict) -> None:
@@ -208,15 +220,18 @@ def model_parallel(args, results: dict) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m llmscratch.train.launch", description=__doc__.split("\n")[0])
-    parser.add_argument("mode", choices=["data-parallel", "model-parallel", "all"])
+    parser.add_argument("mode", choices=["data-parallel", "model-parallel", "all", "resume"])
     parser.add_argument("--out", required=True, help="folder for results.json and the weights")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--global-batch", type=int, default=8, help="sequences per optimizer step, all ranks")
     parser.add_argument("--accumulation", type=int, default=2, help="micro-batches per optimizer step")
-    parser.add_argument("--resume-from", help="continue this checkpoint (data-parallel only)")
+    parser.add_argument("--resume-from", help="continue this checkpoint (data-parallel and resume)")
     args = parser.parse_args(argv)
+    if args.mode == "resume" and not args.resume_from:
+        parser.error("resume needs --resume-from PATH (a ckpt/last.pt written by data-parallel or all)")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread each; and 1 and 2 processes then compute alike
     D.init_distributed()
     out = Path(args.out)
     if D.is_main_process():
@@ -228,11 +243,14 @@ def main(argv=None) -> None:
             data_parallel(args, results)
         if args.mode in ("model-parallel", "all"):
             model_parallel(args, results)
+        if args.mode == "resume":
+            resume(args, results)
         if D.is_main_process():
             with atomic_write(out / "results.json", "w") as f:
                 json.dump(results, f, indent=1)
     finally:
         D.cleanup()
+        torch.set_num_threads(threads)  # main() may run inside a notebook kernel or a test process
 
 
 if __name__ == "__main__":
