@@ -16,6 +16,10 @@ After training, :func:`merge_lora` folds ``scaling * B A`` into ``W`` so inferen
 - :func:`export_peft_adapter` / :func:`import_peft_adapter`: the ``peft`` folder format
   (``adapter_config.json`` + ``adapter_model.safetensors``) for a GPT or BERT loaded from a Hugging Face
   checkpoint, so ``peft.PeftModel.from_pretrained`` on the ``transformers`` model gives the same logits.
+- :class:`BottleneckAdapter` / :func:`apply_adapters`: Houlsby adapters (identity at initialisation).
+- :class:`PromptTuning` (prompt tuning; P-tuning with ``peft``'s ``PromptEncoder`` layers), :class:`PrefixTuning`
+  and :func:`virtual_token_mask`: virtual tokens, with the padding mask extended by ``P`` ones in front (the
+  virtual tokens are attended to, padding is not), equal to ``peft`` on padded ``transformers`` GPT-2 batches.
 
 :class:`LoRALinear` *is* an ``nn.Linear`` holding the same ``weight`` and ``bias`` parameters as the layer it
 replaced, so parameter names, ``module.qkv.weight`` accesses and the models' ``save_pretrained`` are unchanged;
