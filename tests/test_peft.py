@@ -416,3 +416,117 @@ def test_p_tuning_encoder_trains(encoder):
     assert model.prompt.grad.abs().sum() > 0 and all(p.grad is None for p in model.model.parameters())
     with pytest.raises(ValueError, match="context length"):
         model(ids(t=30))
+
+
+# ---------------------------------------------------------------------- virtual tokens with a padded batch
+def padded_batch(t: int = 9, lengths=(9, 5, 7), left: bool = False, pad_id: int = 0):
+    """Token ids ``(3, t)`` and their mask: row i has ``lengths[i]`` real tokens, padding after them (or before,
+    ``left``), the padded ids set to ``pad_id``."""
+    x = ids(t=t)
+    mask = torch.zeros_like(x)
+    for i, n in enumerate(lengths):
+        if left:
+            mask[i, t - n:] = 1
+        else:
+            mask[i, :n] = 1
+    return x.masked_fill(mask == 0, pad_id), mask
+
+
+def peft_prompt_model(folder, config, std: float = 0.5):
+    _, peft = hf_libs()
+    torch.manual_seed(7)
+    theirs = peft.get_peft_model(hf_gpt2(folder), config).eval()
+    with torch.no_grad():
+        for p in theirs.prompt_encoder["default"].parameters():
+            p.normal_(0, std)
+    return theirs
+
+
+def peft_configs(peft):
+    return {"prompt": peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4),
+            "prefix": peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4),
+            "p-mlp": peft.PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=4, encoder_hidden_size=16,
+                                              encoder_reparameterization_type="MLP"),
+            "p-lstm": peft.PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=4, encoder_hidden_size=16,
+                                               encoder_reparameterization_type="LSTM")}
+
+
+def ours_like(kind: str, folder, theirs):
+    from llmscratch.peft import PrefixTuning, PromptTuning
+
+    base = GPTModel.from_pretrained(folder).eval()
+    enc = theirs.prompt_encoder["default"]
+    if kind == "prefix":
+        return PrefixTuning(base, 4).load_peft(enc.embedding.weight.detach())
+    encoder = {"prompt": None, "p-mlp": "mlp", "p-lstm": "lstm"}[kind]
+    return PromptTuning(base, 4, encoder=encoder, hidden=16 if encoder else None).load_peft(enc).eval()
+
+
+@pytest.mark.parametrize("kind", ["prompt", "prefix", "p-mlp", "p-lstm"])
+def test_virtual_tokens_with_padded_batch_equal_peft(gpt2_folder, kind):
+    """A right-padded batch: the mask is extended by P ones (the virtual tokens are attended to, the padding not),
+    as peft does; the logits at the non-padded positions equal peft's on transformers GPT-2. P-tuning's encoders
+    are peft's PromptEncoder layer for layer, so its weights map by name and the outputs agree too."""
+    _, peft = hf_libs()
+    theirs = peft_prompt_model(gpt2_folder, peft_configs(peft)[kind])
+    x, mask = padded_batch()
+    with torch.no_grad():
+        expected = theirs(input_ids=x, attention_mask=mask).logits[:, -x.shape[1]:]
+        base = hf_gpt2(gpt2_folder)(x, attention_mask=mask).logits
+    ours = ours_like(kind, gpt2_folder, theirs)
+    if kind.startswith("p-"):  # the encoder's output is the virtual tokens peft puts in front
+        torch.testing.assert_close(ours.virtual_tokens(), theirs.prompt_encoder["default"](
+            torch.arange(4).unsqueeze(0))[0], atol=1e-6, rtol=0)
+    with torch.no_grad():
+        got = ours(x, attention_mask=mask)
+    real = mask.bool()
+    assert (expected - base)[real].abs().max() > 1e-2  # the virtual tokens really change the output
+    diff = (got - expected)[real].abs().max().item()
+    assert diff <= 1e-5, diff
+
+
+@pytest.mark.parametrize("kind", ["prompt", "prefix", "p-lstm"])
+def test_left_padding_is_masked_and_positions_skip_it(gpt2_folder, kind):
+    """Left padding (as for generation): each sequence's logits in the padded batch equal the sequence run alone,
+    so no real token attends to padding and positions count real tokens only; without the mask they differ."""
+    _, peft = hf_libs()
+    ours = ours_like(kind, gpt2_folder, peft_prompt_model(gpt2_folder, peft_configs(peft)[kind]))
+    lengths = (9, 5, 7)
+    x, mask = padded_batch(lengths=lengths, left=True, pad_id=3)
+    with torch.no_grad():
+        got = ours(x, attention_mask=mask)
+        unmasked = ours(x)
+        for i, n in enumerate(lengths):
+            alone = ours(x[i:i + 1, -n:])[0]
+            assert (got[i, -n:] - alone).abs().max().item() <= 1e-5
+            if n < x.shape[1]:
+                assert (unmasked[i, -n:] - alone).abs().max().item() > 1e-3
+
+
+def test_virtual_token_errors_are_clear(gpt2_folder):
+    from llmscratch.peft import PrefixTuning, PromptTuning
+
+    _, peft = hf_libs()
+    x, mask = padded_batch()
+    for model in (PromptTuning(gpt(), 3), PrefixTuning(gpt(), 3)):
+        with pytest.raises(ValueError, match=r"real tokens only.*3 virtual tokens"):
+            model(x, attention_mask=torch.ones(3, 12, dtype=torch.long))  # a mask that already has the 3
+        with pytest.raises(ValueError, match="0 .padding. and 1"):
+            model(x, attention_mask=x)  # token ids passed as the mask
+        with pytest.raises(ValueError, match="crop the input to 29"):
+            model(ids(t=30))
+        with pytest.raises(ValueError, match=r"shape \(batch, seq\)"):
+            model(x[0])
+    with pytest.raises(ValueError, match="positive int"):
+        PromptTuning(gpt(), 0)
+    with pytest.raises(ValueError, match="'mlp' or 'lstm'"):
+        PromptTuning(gpt(), 3, encoder="gru")
+    with pytest.raises(ValueError, match="no encoder"):
+        PromptTuning(gpt(), 3, hidden=16)
+    theirs = peft_prompt_model(gpt2_folder, peft_configs(peft)["p-mlp"])
+    with pytest.raises(ValueError, match="same encoder type"):
+        PromptTuning(GPTModel.from_pretrained(gpt2_folder), 4, encoder="lstm", hidden=16).load_peft(
+            theirs.prompt_encoder["default"])
+    with pytest.raises(ValueError, match="encoder_hidden_size"):
+        PromptTuning(GPTModel.from_pretrained(gpt2_folder), 4, encoder="mlp", hidden=8).load_peft(
+            theirs.prompt_encoder["default"])

@@ -16,6 +16,10 @@ After training, :func:`merge_lora` folds ``scaling * B A`` into ``W`` so inferen
 - :func:`export_peft_adapter` / :func:`import_peft_adapter`: the ``peft`` folder format
   (``adapter_config.json`` + ``adapter_model.safetensors``) for a GPT or BERT loaded from a Hugging Face
   checkpoint, so ``peft.PeftModel.from_pretrained`` on the ``transformers`` model gives the same logits.
+- :class:`BottleneckAdapter` / :func:`apply_adapters`: Houlsby adapters (identity at initialisation).
+- :class:`PromptTuning` (prompt tuning; P-tuning with ``peft``'s ``PromptEncoder`` layers), :class:`PrefixTuning`
+  and :func:`virtual_token_mask`: virtual tokens, with the padding mask extended by ``P`` ones in front (the
+  virtual tokens are attended to, padding is not), equal to ``peft`` on padded ``transformers`` GPT-2 batches.
 
 :class:`LoRALinear` *is* an ``nn.Linear`` holding the same ``weight`` and ``bias`` parameters as the layer it
 replaced, so parameter names, ``module.qkv.weight`` accesses and the models' ``save_pretrained`` are unchanged;
@@ -35,12 +39,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .models.attention import check_attention_mask
 from .utils import atomic_write
 
 __all__ = [
     "LoRALinear", "apply_lora", "merge_lora", "unmerge_lora", "lora_layers", "lora_state_dict", "save_lora",
     "load_lora", "TrainableReport", "trainable_parameters", "export_peft_adapter", "import_peft_adapter",
-    "BottleneckAdapter", "apply_adapters", "PrefixTuning", "PromptTuning",
+    "BottleneckAdapter", "apply_adapters", "PrefixTuning", "PromptTuning", "virtual_token_mask",
 ]
 
 
@@ -498,6 +503,24 @@ def apply_adapters(model: nn.Module, bottleneck: int, target_modules: Iterable[s
     return model
 
 
+# ---------------------------------------------------------------------- virtual tokens and the padding mask
+def virtual_token_mask(attention_mask: torch.Tensor | None, num_virtual_tokens: int,
+                       batch: int, seq: int) -> torch.Tensor | None:
+    """The padding mask extended by ``num_virtual_tokens`` ones in front: ``(batch, seq)`` -> ``(batch, P + seq)``.
+
+    Every real token may attend to every virtual token (they are never padding); padded positions stay masked.
+    ``None`` stays ``None`` (no padding). This is what ``peft`` does with ``prefix_attention_mask``.
+    """
+    if attention_mask is None:
+        return None
+    if tuple(attention_mask.shape) != (batch, seq):
+        raise ValueError(f"attention_mask must have the input's shape (batch, seq) = {(batch, seq)}, got "
+                         f"{tuple(attention_mask.shape)}; give it for the real tokens only: the "
+                         f"{num_virtual_tokens} virtual tokens are added in front here")
+    mask = check_attention_mask(attention_mask)
+    return torch.cat([mask.new_ones(batch, num_virtual_tokens), mask], dim=1)
+
+
 # ---------------------------------------------------------------------- prefix tuning (Li & Liang, 2021)
 class PrefixTuning(nn.Module):
     """Prefix tuning / P-tuning v2 for a :class:`~llmscratch.models.gpt.GPTModel`: ``num_virtual_tokens``
@@ -508,7 +531,8 @@ class PrefixTuning(nn.Module):
     ``PrefixTuningConfig`` embedding (per layer: keys then values, heads then head_dim), so its weights copy over
     (:meth:`load_peft`). Positions of the real tokens start after the prefix, as in ``transformers``.
 
-    ``forward(idx)``: ``(batch, seq)`` -> logits ``(batch, seq, vocab)``.
+    ``forward(idx, attention_mask=None)``: ``(batch, seq)`` (and the padding mask of the real tokens,
+    ``(batch, seq)``, 1 = token, 0 = padding) -> logits ``(batch, seq, vocab)``.
     """
 
     def __init__(self, model: nn.Module, num_virtual_tokens: int):
@@ -532,8 +556,12 @@ class PrefixTuning(nn.Module):
             c.append(kv[2 * i].expand(batch, -1, -1, -1), kv[2 * i + 1].expand(batch, -1, -1, -1))
         return caches
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.model(idx, cache=self.caches(*idx.shape))
+    def forward(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        _check_ids(idx)
+        b, t = idx.shape
+        _check_fits(self.num_virtual_tokens, t, self.model.cfg.context_length)
+        mask = virtual_token_mask(attention_mask, self.num_virtual_tokens, b, t)  # (B, P + T): the cache's too
+        return self.model(idx, attention_mask=mask, cache=self.caches(b, t))
 
     @torch.no_grad()
     def load_peft(self, weight: torch.Tensor) -> "PrefixTuning":
@@ -545,6 +573,19 @@ class PrefixTuning(nn.Module):
         return self
 
 
+def _check_ids(idx: torch.Tensor) -> None:
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
+        shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
+        raise ValueError(f"idx must be token ids of shape (batch, seq), got {shape}; for one sequence use "
+                         "idx.unsqueeze(0)")
+
+
+def _check_fits(p: int, t: int, context_length: int) -> None:
+    if p + t > context_length:
+        raise ValueError(f"{p} virtual + {t} real tokens exceed the context length {context_length}; crop the "
+                         f"input to {context_length - p} tokens (or use fewer virtual tokens)")
+
+
 # ---------------------------------------------------------------------- prompt tuning and P-tuning
 class PromptTuning(nn.Module):
     """Prompt tuning (Lester et al., 2021) and P-tuning (Liu et al., 2021) for a
@@ -552,14 +593,20 @@ class PromptTuning(nn.Module):
     embeddings of every input; the model is frozen (its LoRA adapters, if any, stay trainable: prompt + LoRA).
 
     Args:
-        model: the GPT; unchanged (the prompt is inserted by a forward hook on ``tok_emb`` during the call).
+        model: the GPT; unchanged (the prompt is put in by a forward hook on ``tok_emb`` during the call).
         num_virtual_tokens: prompt length ``P``; real tokens take positions ``P..P+T-1``, as in ``peft``.
         init_ids: token ids whose embeddings initialise the prompt (Lester: vocabulary embeddings beat random
             vectors); default: ``P`` random ids of the vocabulary.
         encoder: ``None`` (prompt tuning: the vectors are the parameters), ``"mlp"`` or ``"lstm"`` (P-tuning: the
             vectors are reparameterised by a small prompt encoder, which is trained and then can be discarded).
+            The encoders are ``peft``'s ``PromptEncoder`` layer for layer (MLP: ``d -> h -> h -> d`` with ReLUs;
+            LSTM: a 2-layer bidirectional LSTM of width ``h``, then ``2h -> 2h -> d``), so
+            :meth:`load_peft` copies a ``peft`` P-tuning encoder over.
+        hidden: the encoder's width ``h`` (``peft``'s ``encoder_hidden_size``); default ``d_model``.
 
-    ``forward(idx)``: ``(batch, seq)`` -> logits ``(batch, seq, vocab)`` for the real tokens.
+    ``forward(idx, attention_mask=None)``: ``(batch, seq)`` (and the padding mask of the real tokens,
+    ``(batch, seq)``, 1 = token, 0 = padding; the virtual tokens are always attended to) -> logits
+    ``(batch, seq, vocab)`` for the real tokens.
     """
 
     def __init__(self, model: nn.Module, num_virtual_tokens: int, init_ids: torch.Tensor | None = None,
@@ -568,6 +615,8 @@ class PromptTuning(nn.Module):
         _check_rank(num_virtual_tokens)
         if encoder not in (None, "mlp", "lstm"):
             raise ValueError(f"encoder must be None (prompt tuning), 'mlp' or 'lstm' (P-tuning), got {encoder!r}")
+        if hidden is not None and encoder is None:
+            raise ValueError("hidden is the P-tuning encoder's width; prompt tuning (encoder=None) has no encoder")
         self.model, self.num_virtual_tokens = model, num_virtual_tokens
         for n, p in model.named_parameters():
             if ".lora_" not in n:
@@ -581,13 +630,14 @@ class PromptTuning(nn.Module):
                              "id per virtual token (e.g. a tokenized task description, repeated or cut)")
         self.prompt = nn.Parameter(emb.detach()[init_ids.to(emb.device)].clone())  # (P, d)
         d = emb.shape[1]
-        hidden = hidden or d
+        h = hidden or d
+        _check_rank(h)
         self.encoder_type = encoder
         if encoder == "mlp":
-            self.encoder = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, d))
+            self.mlp_head = nn.Sequential(nn.Linear(d, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, d))
         elif encoder == "lstm":
-            self.lstm = nn.LSTM(d, hidden // 2, num_layers=2, bidirectional=True, batch_first=True)
-            self.encoder = nn.Sequential(nn.Linear(2 * (hidden // 2), hidden), nn.ReLU(), nn.Linear(hidden, d))
+            self.lstm_head = nn.LSTM(d, h, num_layers=2, bidirectional=True, batch_first=True)
+            self.mlp_head = nn.Sequential(nn.Linear(2 * h, 2 * h), nn.ReLU(), nn.Linear(2 * h, d))
         if encoder is not None:
             self.to(emb.device)
 
@@ -595,24 +645,47 @@ class PromptTuning(nn.Module):
         """The ``(P, d_model)`` vectors placed before the input (through the P-tuning encoder if there is one)."""
         if self.encoder_type is None:
             return self.prompt
-        h = self.lstm(self.prompt.unsqueeze(0))[0].squeeze(0) if self.encoder_type == "lstm" else self.prompt
-        return self.encoder(h)
+        h = self.prompt.unsqueeze(0)  # (1, P, d): the LSTM reads the P prompt vectors as one sequence
+        if self.encoder_type == "lstm":
+            h = self.lstm_head(h)[0]  # (1, P, 2h)
+        return self.mlp_head(h).squeeze(0)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        _check_ids(idx)
         b, t = idx.shape
         p = self.num_virtual_tokens
-        if p + t > self.model.cfg.context_length:
-            raise ValueError(f"{p} virtual + {t} real tokens exceed the context length "
-                             f"{self.model.cfg.context_length}; crop the input to {self.model.cfg.context_length - p}")
+        _check_fits(p, t, self.model.cfg.context_length)
+        mask = virtual_token_mask(attention_mask, p, b, t)  # (B, P + T)
         prompt = self.virtual_tokens().to(self.model.tok_emb.weight.dtype)
 
-        def prepend(module, args, out):  # (B, T, d) -> (B, P + T, d)
-            return torch.cat([prompt.expand(b, -1, -1), out], dim=1)
+        def insert(module, args, out):  # (B, P + T, d): the P placeholder embeddings become the prompt
+            return torch.cat([prompt.expand(b, -1, -1), out[:, p:]], dim=1)
 
-        handle = self.model.tok_emb.register_forward_hook(prepend)
+        # P placeholder ids (0) in front, so the model sees P + T positions, with the extended mask: positions
+        # count from the mask (real tokens after the prompt), padding is masked, the prompt is attended to.
+        full = torch.cat([idx.new_zeros(b, p), idx], dim=1)
+        handle = self.model.tok_emb.register_forward_hook(insert)
         try:
-            positions = torch.arange(p + t, device=idx.device).unsqueeze(0)  # (1, P + T)
-            logits = self.model(idx, position_ids=positions)
+            logits = self.model(full, attention_mask=mask)
         finally:
             handle.remove()
         return logits[:, p:]
+
+    @torch.no_grad()
+    def load_peft(self, prompt_encoder: nn.Module) -> "PromptTuning":
+        """Copy a ``peft`` prompt encoder (``peft_model.prompt_encoder["default"]``) into ours: its
+        ``embedding.weight`` is our ``prompt``; P-tuning's ``mlp_head`` / ``lstm_head`` map by name."""
+        theirs = {k: v for k, v in prompt_encoder.state_dict().items()}
+        ours = {"embedding.weight" if k == "prompt" else k: v for k, v in self.state_dict().items()
+                if not k.startswith("model.")}
+        if set(theirs) != set(ours):
+            raise ValueError(f"the peft prompt encoder has {sorted(theirs)}, ours has {sorted(ours)}: use the same "
+                             "encoder type (None / 'mlp' / 'lstm'); peft's LSTM needs encoder_num_layers=2 and "
+                             "encoder_dropout=0")
+        for k, v in theirs.items():
+            if v.shape != ours[k].shape:
+                raise ValueError(f"peft's {k} has shape {tuple(v.shape)}, ours {tuple(ours[k].shape)}: the same "
+                                 "num_virtual_tokens, d_model and hidden (encoder_hidden_size) are needed")
+        for k, v in theirs.items():
+            ours[k].copy_(v)
+        return self
