@@ -1,7 +1,7 @@
 """ViT speed on the CPU: a training step and inference of chapter 5's MNIST model, against references measured in
 the same run.
 
-Config: ``ViTConfig.preset("vit-mnist")`` (28x28x1 digits, patch 4 -> 49 patches + [CLS], d_model 64, 4 heads,
+Config: ``ViTConfig.preset("vit-mnist")`` (28x28x1 digits, patch 7 -> 16 patches + [CLS], d_model 64, 4 heads,
 4 layers, MLP 128, 10 classes; 139k parameters), batch 128, float32, 2 CPU threads.
 
 Contenders, all with the same weights (ours, exported with ``save_pretrained`` or copied), checked to give the

@@ -197,7 +197,7 @@ def test_image_input_errors_name_the_fix():
         model(torch.zeros(2, 3, 28, 28))
     with pytest.raises(ValueError, match=r"unsqueeze\(1\)"):
         model(torch.zeros(2, 28, 28))
-    with pytest.raises(ValueError, match="not divisible by the patch size 4"):
+    with pytest.raises(ValueError, match="not divisible by the patch size 7"):
         model(torch.zeros(2, 1, 30, 30), interpolate_pos_encoding=True)
     rgb = ViTForImageClassification(ViTConfig(image_size=16, patch_size=8, d_model=16, n_heads=2, n_layers=1,
                                               d_ff=16, num_classes=2))

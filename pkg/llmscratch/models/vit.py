@@ -151,7 +151,7 @@ PRESETS: dict[str, dict] = {
     "vit-base-patch16-224": dict(d_model=768, n_heads=12, n_layers=12, d_ff=3072),  # 86M
     "vit-small-patch16-224": dict(d_model=384, n_heads=6, n_layers=12, d_ff=1536),  # 22M
     "vit-tiny-patch16-224": dict(d_model=192, n_heads=3, n_layers=12, d_ff=768),  # 5.7M
-    "vit-mnist": dict(image_size=28, patch_size=4, num_channels=1, d_model=64, n_heads=4, n_layers=4, d_ff=128,
+    "vit-mnist": dict(image_size=28, patch_size=7, num_channels=1, d_model=64, n_heads=4, n_layers=4, d_ff=128,
                       num_classes=10),
 }
 
