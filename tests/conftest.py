@@ -69,6 +69,7 @@ def one_thread():
 SPREAD = ("tests/test_notebooks.py::", "tests/test_grading.py::test_every_lab_solution_full_marks_exercise_zero[")
 
 
+@pytest.hookimpl(optionalhook=True)  # known only when pytest-xdist is loaded (not under -p no:xdist)
 def pytest_xdist_make_scheduler(config, log):
     if config.getoption("dist") != "loadfile":
         return None  # any other mode is xdist's own

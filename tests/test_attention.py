@@ -28,6 +28,16 @@ from llmscratch.models.attention import (
 D, H, CTX = 32, 4, 24
 
 
+@pytest.fixture(autouse=True, params=["sdpa", "written-out"])
+def cpu_path(request, monkeypatch):
+    """Every test twice: with the fused SDPA kernel and with the written-out path that short CPU sequences take
+    (``SHORT_CPU_SEQ``); the sequences here are short, so the default would test only the second."""
+    import llmscratch.models.attention as attention
+
+    monkeypatch.setattr(attention, "SHORT_CPU_SEQ", 0 if request.param == "sdpa" else 10**9)
+    return request.param
+
+
 def make_pair(causal=True, num_kv_heads=None, dropout=0.0, seed=0, d_in=D, d_out=D, heads=H, ctx=CTX, bias=True):
     torch.manual_seed(seed)
     fast = MultiHeadAttention(d_in, d_out, heads, ctx, dropout=dropout, qkv_bias=bias, causal=causal,

@@ -90,6 +90,10 @@ class KVCache:
         return self.k.numel() * self.k.element_size() * 2
 
 
+# Key lengths up to this use the written-out attention on the CPU instead of the fused SDPA kernel (see forward).
+SHORT_CPU_SEQ = 64
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head scaled dot-product attention with a fused QKV projection.
 
@@ -174,9 +178,19 @@ class MultiHeadAttention(nn.Module):
         # is_causal lets SDPA pick FlashAttention and skip building a (T, T) mask; it aligns the mask top-left,
         # which is right only when queries and keys are the same positions (no cache, or one query at a time).
         use_is_causal = self.causal and mask is None and past == 0 and t > 1
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=use_is_causal
-        )  # (B, num_heads, T, hd)
+        dropout_p = self.dropout if self.training else 0.0
+        if x.device.type == "cpu" and t_k <= SHORT_CPU_SEQ and not torch.compiler.is_compiling():
+            # Short sequences on the CPU: the fused kernel's fixed cost per call outweighs what it saves, and
+            # the (T, T_k) scores are tiny, so the written-out form is faster (a ViT-MNIST training step, 17
+            # tokens: 68 -> 48 ms; benchmarks/vit.py). Same function: the tests compare both paths.
+            blocked = None if mask is None else ~mask
+            if use_is_causal:
+                blocked = torch.ones(t, t_k, dtype=torch.bool, device=x.device).triu(diagonal=1)
+            y = reference_attention(q, k, v, blocked, dropout_p, training=self.training)[0]
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=use_is_causal
+            )  # (B, num_heads, T, hd)
         y = y.transpose(1, 2).reshape(b, t, self.d_out)
         return self.proj(y)
 

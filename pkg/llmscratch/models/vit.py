@@ -204,8 +204,10 @@ class PatchEmbedding(nn.Module):
         self.proj = nn.Conv2d(num_channels, d_model, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.proj(images)  # (B, d_model, H/p, W/p): one d_model vector per patch
-        return x.flatten(2).transpose(1, 2)  # (B, n_patches, d_model), row-major patch order
+        # The weights are kept as a Conv2d (the Hugging Face layout), but applied as the equal Linear on the
+        # cut patches: on the CPU the convolution's backward costs 4x more (MNIST batch of 128: 4.5 vs 1.0 ms).
+        patches = patchify(images, self.patch_size)  # (B, n_patches, C*p*p), row-major patch order
+        return F.linear(patches, self.proj.weight.flatten(1), self.proj.bias)  # (B, n_patches, d_model)
 
 
 class ViTEmbeddings(nn.Module):
