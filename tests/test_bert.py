@@ -156,6 +156,47 @@ def test_mlm_checkpoint_loads_into_classifier_with_fresh_head(tmp_path):
     assert loaded.classifier.out_features == 5
 
 
+def test_mlm_pretraining_steps_equal_transformers_and_every_trained_tensor_reaches_the_classifier(tmp_path):
+    """The pretraining -> fine-tuning path end to end: AdamW steps on our sparse MLM loss follow transformers'
+    BertForMaskedLM step for step (same init, same masked batches), and the classifier loaded from the trained
+    checkpoint holds every trained encoder tensor (not the initial ones). Chapter 4's pretrained model once
+    fine-tuned to chance; this rules out the model, the tied decoder, the optimizer step and the loading."""
+    from llmscratch.mlm import mask_tokens
+
+    torch.manual_seed(21)
+    cfg = BertConfig(**SMALL, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    ours = BertForMaskedLM(cfg)
+    init = {n: p.detach().clone() for n, p in ours.named_parameters()}
+    ours.save_pretrained(tmp_path / "init")
+    hf = transformers.BertForMaskedLM.from_pretrained(tmp_path / "init", attn_implementation="eager")
+    opt_ours = torch.optim.AdamW(ours.parameters(), lr=3e-3, weight_decay=0.01)
+    opt_hf = torch.optim.AdamW(hf.parameters(), lr=3e-3, weight_decay=0.01)
+    g = torch.Generator().manual_seed(22)
+    for step in range(8):
+        ids = torch.randint(5, SMALL["vocab_size"], (6, 24), generator=g)
+        inputs, labels = mask_tokens(ids, mask_token_id=4, vocab_size=SMALL["vocab_size"], special_ids=range(5),
+                                     mlm_probability=0.3, generator=g)
+        loss_ours = ours.loss(inputs, labels)
+        loss_hf = hf(input_ids=inputs, labels=labels).loss
+        assert abs(loss_ours.item() - loss_hf.item()) < 1e-4, (step, loss_ours.item(), loss_hf.item())
+        for model, loss, opt in ((ours, loss_ours, opt_ours), (hf, loss_hf, opt_hf)):
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    ours.save_pretrained(tmp_path / "trained")
+    with torch.no_grad():  # the trained weights agree too (the tied matrix moved once per step in both)
+        torch.testing.assert_close(ours.bert.embeddings.word_embeddings.weight,
+                                   hf.bert.embeddings.word_embeddings.weight, atol=1e-4, rtol=1e-3)
+    clf = BertForSequenceClassification.from_pretrained(tmp_path / "trained", hidden_dropout_prob=0.1)
+    trained = dict(ours.bert.named_parameters())
+    for name, p in clf.bert.named_parameters():
+        if name.startswith("pooler."):
+            continue
+        torch.testing.assert_close(p, trained[name], atol=0, rtol=0, msg=lambda m: f"{name}: {m}")
+        assert not torch.equal(p, init["bert." + name]), f"{name} was not trained (or not loaded)"
+    assert clf.cfg.hidden_dropout_prob == 0.1  # fine-tuning may switch dropout back on
+
+
 def test_sparse_mlm_loss_equals_dense_with_gradients():
     torch.manual_seed(6)
     model = BertForMaskedLM(BertConfig(**SMALL, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
