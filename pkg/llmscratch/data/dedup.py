@@ -248,7 +248,7 @@ def near_duplicates(texts: Sequence[str], threshold: float = 0.8, k: int = 3, nu
                     ) -> list[tuple[int, int, float]]:
     """Pairs ``(i, j, estimated_jaccard)`` of texts whose shingle sets have estimated Jaccard >= ``threshold``.
 
-    LSH proposes candidates (with 16 bands of 8 rows, pairs at J = 0.8 are found with probability 0.9996, at
+    LSH proposes candidates (with 16 bands of 8 rows, pairs at J = 0.8 are found with probability 0.947, at
     J = 0.5 with 0.06); each candidate is then kept only if its MinHash estimate reaches ``threshold``.
     Pass ``sets`` (from :func:`shingle_hashes`) to reuse shingles already computed.
     """
