@@ -63,7 +63,10 @@ def test_registry_covers_the_design(data_dir):
         "imdb/imdb_test.csv.gz", "imdb/imdb_unsup.csv.gz", "mnist/train-images-idx3-ubyte.gz",
         "mnist/train-labels-idx1-ubyte.gz", "mnist/t10k-images-idx3-ubyte.gz", "mnist/t10k-labels-idx1-ubyte.gz",
         "mnist/mnist.npz", "sms_spam/SMSSpamCollection.tsv",
-    }
+    } | {f"nltk_data/corpora/wordnet/{name}" for name in (
+        "LICENSE", "adj.exc", "adv.exc", "cntlist.rev", "data.adj", "data.adv", "data.noun", "data.verb",
+        "index.adj", "index.adv", "index.noun", "index.sense", "index.verb", "lexnames", "noun.exc",
+        "sentidx.vrb", "sents.vrb", "verb.exc")}
     assert set(data.REGISTRY) == expected
     for rel, entry in data.REGISTRY.items():
         assert len(entry.sha256) == 64
@@ -433,6 +436,13 @@ def test_wordnet_is_downloaded_from_the_registry_url_when_not_on_disk(isolated, 
         zf.writestr("wordnet/data.noun", "  1 header\n")
         zf.writestr("wordnet/index.noun", "  1 header\n")
     monkeypatch.setattr(augment, "WORDNET_URLS", (base + "wordnet.zip",))
+    # a zip that is not the pinned one is refused, and nothing is cached or unpacked
+    with pytest.raises(ChecksumError, match="sha256"):
+        augment._nltk_home()
+    assert not (isolated / "cache" / "nltk_data").exists()
+    assert not (isolated / "cache" / "_archives" / "wordnet.zip").exists()
+    log.clear()
+    monkeypatch.setattr(augment, "WORDNET_SHA256", data.file_sha256(root / "wordnet.zip"))
     home = augment._nltk_home()
     assert home == isolated / "cache" / "nltk_data" and log == ["/wordnet.zip"]
     assert (home / "corpora/wordnet/index.noun").read_text() == "  1 header\n"
@@ -441,3 +451,27 @@ def test_wordnet_is_downloaded_from_the_registry_url_when_not_on_disk(isolated, 
     monkeypatch.setenv("LLMSCRATCH_OFFLINE", "1")
     with pytest.raises(DataNotFoundError, match="LLMSCRATCH_DATA"):
         augment._nltk_home()
+
+
+def test_wordnet_file_is_built_from_the_pinned_zip(isolated, server, monkeypatch):
+    """A registry WordNet file that is nowhere on disk is extracted from NLTK's zip (pinned by sha256)."""
+    import zipfile
+
+    root, base, log = server
+    content = b"  1 the lexnames of a toy WordNet\n"
+    with zipfile.ZipFile(root / "wordnet.zip", "w") as zf:
+        zf.writestr("wordnet/lexnames", content)
+    rel = "nltk_data/corpora/wordnet/lexnames"
+    archive = data.Archive("wordnet.zip", (base + "wordnet.zip",), data.file_sha256(root / "wordnet.zip"))
+    monkeypatch.setitem(data.ARCHIVES, "wordnet", archive)
+    entry = DataFile(rel, hashlib.sha256(content).hexdigest(), archive="wordnet",
+                     build=data.REGISTRY[rel].build)
+    monkeypatch.setitem(data.REGISTRY, rel, entry)
+    path = data.fetch(rel)
+    assert path == isolated / "cache" / rel and path.read_bytes() == content and log == ["/wordnet.zip"]
+    # a zip without the member says what is wrong
+    other = "nltk_data/corpora/wordnet/sents.vrb"
+    monkeypatch.setitem(data.REGISTRY, other, DataFile(other, "0" * 64, archive="wordnet",
+                                                       build=data.REGISTRY[other].build))
+    with pytest.raises(DataNotFoundError, match="no wordnet/sents.vrb"):
+        data.fetch(other)

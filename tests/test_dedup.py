@@ -113,3 +113,32 @@ def test_duplicate_report_counts_within_and_across():
     assert got == {"within a": (2, 2), "a & b": (2, 2), "a & c": (0, 2), "within b": (0, 0), "b & c": (0, 1),
                    "within c": (0, 0)}
     assert examples["a & c"] and all(j == 0 for _, j, _ in examples["a & c"])
+
+
+def test_load_imdb_without_test_is_computed_once(data_dir, tmp_path, monkeypatch):
+    """Repeated calls reuse the comparison with the test split: in the process, and for whole splits on disk.
+    (The comparison itself, without_test_texts, is tested above; a stand-in keeps this test fast.)"""
+    from llmscratch.data import dedup, load_imdb
+
+    monkeypatch.setenv("LLMSCRATCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(dedup, "_WITHOUT_TEST_MEMO", {})
+    calls = []
+
+    def stand_in(texts, test_texts, near=True, **kw):
+        calls.append((len(texts), len(test_texts), near))
+        keep = [i for i in range(len(texts)) if i % 3]
+        return keep, len(texts) - len(keep)
+
+    monkeypatch.setattr(dedup, "without_test_texts", stand_in)
+    small = dedup.load_imdb_without_test("train", limit=300)
+    assert dedup.load_imdb_without_test("train", limit=300).equals(small)
+    assert calls == [(300, 25000, True)]
+    assert small.equals(load_imdb("train", limit=300).iloc[[i for i in range(300) if i % 3]]
+                        .reset_index(drop=True))
+    full = dedup.load_imdb_without_test("train", near=False)
+    assert calls[1:] == [(25000, 25000, False)] and len(full) == sum(1 for i in range(25000) if i % 3)
+    assert len(list((tmp_path / "cache" / "derived").glob("imdb_train_without_test_near0_*.json"))) == 1
+    monkeypatch.setattr(dedup, "_WITHOUT_TEST_MEMO", {})  # a new process: the disk copy is used
+    assert dedup.load_imdb_without_test("train", near=False).equals(full) and len(calls) == 2
+    with pytest.raises(ValueError, match="split='test'"):
+        dedup.load_imdb_without_test("test")

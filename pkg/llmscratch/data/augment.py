@@ -44,9 +44,15 @@ of at by for with about against between into through during before after above b
 off over under again further then once here there when where why how all any both each few more most other some
 such no nor not only own same so than too very s t can will just don should now""".split())
 
-WORDNET_URLS = (
-    "https://raw.githubusercontent.com/nltk/nltk_data/gh-pages/packages/corpora/wordnet.zip",
-)
+def _wordnet_archive():
+    from .registry import ARCHIVES
+
+    return ARCHIVES["wordnet"]
+
+
+# module-level so that tests can point them at a local server
+WORDNET_URLS = _wordnet_archive().urls
+WORDNET_SHA256 = _wordnet_archive().sha256
 _NOT_LETTER = re.compile(r"[^a-z ]+")
 
 
@@ -70,8 +76,8 @@ def _nltk_home() -> Path:
                                 "$LLMSCRATCH_DATA and the cache) and $LLMSCRATCH_OFFLINE forbids downloads: set "
                                 "$LLMSCRATCH_DATA to the course's data folder")
     zpath = cache_dir() / "_archives" / "wordnet.zip"
-    # NLTK's zip has no published checksum; the database is checked by content once loaded (see wordnet()).
-    _download(WORDNET_URLS, zpath, sha256=None)
+    # the zip is pinned by its sha256 (registry.ARCHIVES); the database is also checked by content once loaded
+    _download(WORDNET_URLS, zpath, sha256=WORDNET_SHA256)
     with zipfile.ZipFile(zpath) as zf:
         zf.extractall(cached / "corpora")
     return cached

@@ -248,7 +248,7 @@ def near_duplicates(texts: Sequence[str], threshold: float = 0.8, k: int = 3, nu
                     ) -> list[tuple[int, int, float]]:
     """Pairs ``(i, j, estimated_jaccard)`` of texts whose shingle sets have estimated Jaccard >= ``threshold``.
 
-    LSH proposes candidates (with 16 bands of 8 rows, pairs at J = 0.8 are found with probability 0.9996, at
+    LSH proposes candidates (with 16 bands of 8 rows, pairs at J = 0.8 are found with probability 0.947, at
     J = 0.5 with 0.06); each candidate is then kept only if its MinHash estimate reaches ``threshold``.
     Pass ``sets`` (from :func:`shingle_hashes`) to reuse shingles already computed.
     """
@@ -337,17 +337,59 @@ def without_test_texts(texts: Sequence[str], test_texts: Sequence[str], near: bo
     return keep, len(texts) - len(keep)
 
 
+_WITHOUT_TEST_MEMO: dict[tuple, list[int]] = {}
+
+
+def _without_test_keep(split: str, near: bool, limit: int | None, path) -> list[int]:
+    """The kept row indices of :func:`load_imdb_without_test`, computed once per process and, for whole splits,
+    once per machine: stored in the user cache under a name made of the two files' sha256 (so another version
+    of the data cannot reuse them), written atomically."""
+    import json
+
+    from ..utils import atomic_write
+    from .loaders import load_imdb
+    from .registry import REGISTRY, cache_dir, fetch
+
+    files = [fetch(f"imdb/imdb_{s}.csv.gz", path) for s in (split, "test")]  # verified: the hashes name content
+    key = (split, near, limit, *(str(f.resolve()) for f in files))
+    if key in _WITHOUT_TEST_MEMO:
+        return _WITHOUT_TEST_MEMO[key]
+    digest = hashlib.sha256("".join(REGISTRY[f"imdb/imdb_{s}.csv.gz"].sha256 for s in (split, "test"))
+                            .encode()).hexdigest()[:16]
+    disk = cache_dir() / "derived" / f"imdb_{split}_without_test_near{int(near)}_{digest}.json"
+    keep = None
+    if limit is None and disk.is_file():
+        try:
+            keep = json.loads(disk.read_text())
+        except (OSError, ValueError):
+            keep = None  # a damaged cache file is recomputed and replaced
+    if keep is None:
+        df = load_imdb(split, path=path, limit=limit)
+        test = load_imdb("test", path=path).text.tolist()
+        keep, _ = without_test_texts(df.text.tolist(), test, near=near)
+        if limit is None:
+            try:
+                disk.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_write(disk, "w") as fh:
+                    fh.write(json.dumps(keep))
+            except OSError:
+                pass  # a read-only cache only costs the recomputation next time
+    _WITHOUT_TEST_MEMO[key] = keep
+    return keep
+
+
 def load_imdb_without_test(split: str = "unsup", near: bool = True, limit: int | None = None, path=None):
     """An IMDB split (``"train"`` or ``"unsup"``) with every review that duplicates a test review removed.
 
     The corpus to pretrain or fine-tune on: a test review that also sits in the training data is memorised, not
-    predicted. Returns a DataFrame like :func:`llmscratch.data.load_imdb` (index reset).
+    predicted. Returns a DataFrame like :func:`llmscratch.data.load_imdb` (index reset). The comparison with the
+    test split (seconds to minutes) runs once: its result is kept for the process and, for a whole split, in the
+    user cache, so repeated calls only read the CSV.
     """
     from .loaders import load_imdb
 
     if split == "test":
         raise ValueError("split='test' would remove itself: use 'train' or 'unsup'")
+    keep = _without_test_keep(split, near, limit, path)
     df = load_imdb(split, path=path, limit=limit)
-    test = load_imdb("test", path=path).text.tolist()
-    keep, _ = without_test_texts(df.text.tolist(), test, near=near)
     return df.iloc[keep].reset_index(drop=True)

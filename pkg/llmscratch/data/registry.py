@@ -17,7 +17,7 @@ same clock tick as the verification (a few milliseconds) could go unseen; set ``
 (or call ``verify(..., memo=False)``) to hash on every call.
 On-disk forms are those of the shared data folder: ``gpt2/encoder.json``, ``gpt2/vocab.bpe``,
 ``text/the-verdict.txt``, ``imdb/imdb_{train,test,unsup}.csv.gz`` (columns text,label), ``mnist/*-idx?-ubyte.gz``,
-``mnist/mnist.npz`` and ``sms_spam/SMSSpamCollection.tsv``.
+``mnist/mnist.npz``, ``sms_spam/SMSSpamCollection.tsv`` and ``nltk_data/corpora/wordnet/*`` (WordNet 3.0).
 """
 
 from __future__ import annotations
@@ -96,6 +96,13 @@ ARCHIVES: dict[str, Archive] = {
         urls=("https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip",),
         sha256="1587ea43e58e82b14ff1f5425c88e17f8496bfcdb67a583dbff9eefaf9963ce3",
     ),
+    # What nltk.download("wordnet") fetches: WordNet 3.0's dict files under wordnet/ (10,775,600 bytes; NLTK
+    # publishes only an md5, so this sha256 is of the copy on nltk_data's gh-pages branch as of 2026).
+    "wordnet": Archive(
+        filename="wordnet.zip",
+        urls=("https://raw.githubusercontent.com/nltk/nltk_data/gh-pages/packages/corpora/wordnet.zip",),
+        sha256="cbda5ea6eef7f36a97a43d4a75f85e07fccbb4f23657d27b4ccbc93e2646ab59",
+    ),
 }
 
 _IMDB_NAME = re.compile(r"^aclImdb/(train|test)/(pos|neg|unsup)/(\d+)_(\d+)\.txt$")
@@ -147,6 +154,18 @@ def _build_imdb(split: str) -> Callable[[Path], bytes]:
 def _build_sms(archive_path: Path) -> bytes:
     with zipfile.ZipFile(archive_path) as zf:
         return zf.read("SMSSpamCollection")
+
+
+def _build_wordnet(name: str) -> Callable[[Path], bytes]:
+    def build(archive_path: Path) -> bytes:
+        with zipfile.ZipFile(archive_path) as zf:
+            try:
+                return zf.read(f"wordnet/{name}")
+            except KeyError:
+                raise DataNotFoundError(f"{archive_path} has no wordnet/{name}: it is not NLTK's wordnet.zip; "
+                                        "delete it and run again to download a fresh copy") from None
+
+    return build
 
 
 def _build_mnist_npz(_: Path | None) -> bytes:
@@ -273,6 +292,33 @@ REGISTRY: dict[str, DataFile] = {
             size=477907,
             description="SMS Spam Collection v.1 (UCI), label<TAB>message per line",
         ),
+        # WordNet 3.0 in NLTK's layout (the data folder's copy comes from Debian's wordnet-base; see its
+        # SOURCE.md). Online, augment.wordnet() unpacks NLTK's pinned zip and checks the database by content,
+        # since a file of another packaging may differ from these in its license header.
+        *[
+            DataFile(f"nltk_data/corpora/wordnet/{name}", sha, archive="wordnet", build=_build_wordnet(name),
+                     size=size, description="WordNet 3.0 (Princeton), NLTK's corpora/wordnet layout")
+            for name, sha, size in [
+                ("LICENSE", "f461bac9a5a1810c4fe1e3cec0a980f79406e3a8c1c147f3874979fb00e2cc0e", 2105),
+                ("adj.exc", "8824cc24bbedd797b9702316b27f07cd4c2b76b629539f0a1276f03926758016", 23019),
+                ("adv.exc", "e7291461b629abfe63301bbe1998cee09fd575ed7107abd7ea9763adb05bf0a8", 85),
+                ("cntlist.rev", "a198580b8f705fa02797bba8b13e5cbe4a9f9f40cb1697e774c7fc6a5865b035", 911244),
+                ("data.adj", "c89120dfc1f046ddff4a631bf9b7e9fa1a36b5e86565a23bf82dbe14f30b88a7", 3155427),
+                ("data.adv", "444a63bf3955080ab7524f5079cfc07ff9bc682cb98bdb1db73b0fb9829f1139", 516696),
+                ("data.noun", "fea17d2f9656611334eac790e5d69e47645fa180c4aa481fb4cd9b3520754ca2", 15300280),
+                ("data.verb", "adcf43e35b581e8036d8b5a52d63d9cd3d3b4870b2720d3c03c799df44777bc2", 2772517),
+                ("index.adj", "c9865d7b4d1f805bdef82ccdcea5282436e23083e6f6f1b33e716327c4eda810", 824127),
+                ("index.adv", "6f5465ed5758fe9c8a2f7ec17b1300f3aa875756c70ff7cba162f7e71bcf88ea", 162816),
+                ("index.noun", "a490d99d93d017bf4822fe2f0ffa51fd73911ce271dc7535fade21f8814b5a04", 4786655),
+                ("index.sense", "ce997000ec806318ff1dfadf77d314ac527358e127d7bbe3d1f4e83a1c5c1c2b", 7294043),
+                ("index.verb", "e2ac24816c3a8289dcb72aaa9cf8db81fdf25ec34d792bfc96ac5b7a20c8b4ae", 523980),
+                ("lexnames", "c871b6797d2109f563f7a162b64e8ebf18f6f42d00918572846034c7f393a214", 800),
+                ("noun.exc", "2b5d675c380b39ecf595af9fa9d4e7feb1d58c643b0bff08c40ed5bfe41fab7a", 38301),
+                ("sentidx.vrb", "129e267389fe88ea413b90addda3fcfb2a42b009339298b60711676b2b5d9bf0", 73166),
+                ("sents.vrb", "6fb59507c96c4aeb267e016ce4a654a1791a438815de98c52e7975df20db15c9", 5319),
+                ("verb.exc", "dbbcf9a601b2d77e934e413b91d90e88ec7f933a8b77cfc00602a923b891b42c", 38033),
+            ]
+        ],
     ]
 }
 
