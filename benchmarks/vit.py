@@ -7,7 +7,7 @@ Config: ``ViTConfig.preset("vit-mnist")`` (28x28x1 digits, patch 7 -> 16 patches
 Contenders, all with the same weights (ours, exported with ``save_pretrained`` or copied), checked to give the
 same loss on the same batch before timing:
 - ours: ``ViTForImageClassification`` (fused QKV; on the CPU, attention written out for sequences up to
-  ``SHORT_CPU_SEQ`` = 64 positions, SDPA beyond; patches embedded as a Linear; ``F.layer_norm``), ``F.cross_entropy`` and
+  ``SHORT_CPU_SEQ`` = 32 positions, SDPA beyond; patches embedded as a Linear; ``F.layer_norm``), ``F.cross_entropy`` and
   ``llmscratch.train.configure_optimizer`` (AdamW, fused kernel where PyTorch has one: the CPU since 2.4);
 - transformers' ``ViTForImageClassification`` with ``attn_implementation="sdpa"`` (its default) and its own loss
   (``labels=``), with ``torch.optim.AdamW(fused=True)`` (generous to it: the Hugging Face ``Trainer`` default is

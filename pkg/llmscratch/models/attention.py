@@ -91,7 +91,7 @@ class KVCache:
 
 
 # Key lengths up to this use the written-out attention on the CPU instead of the fused SDPA kernel (see forward).
-SHORT_CPU_SEQ = 64
+SHORT_CPU_SEQ = 32
 
 
 class MultiHeadAttention(nn.Module):

@@ -65,7 +65,9 @@ def gpt_block_activation_bytes(batch: int, seq: int, d_model: int, n_heads: int,
     and SDPA's log-sum-exp, one per head (``h``); the residual stream after attention ``d`` with its mean and
     1/std (2); the second LayerNorm's output ``d``; the MLP's hidden layer before (``4d``) and after (``4d``)
     GELU. Total ``16d + h + 4`` values per token. With activation checkpointing only the block input is kept:
-    ``d`` values per token (the rest is recomputed in backward).
+    ``d`` values per token (the rest is recomputed in backward). On the CPU, attention over at most
+    ``models.attention.SHORT_CPU_SEQ`` keys takes the written-out path instead of SDPA (faster there), which also
+    keeps the ``(heads, seq, seq)`` weights: the formula describes the SDPA path.
     """
     per_token = d_model if checkpointing else 16 * d_model + n_heads + 4
     return batch * seq * per_token * bytes_per_value
