@@ -97,6 +97,25 @@ def test_atomic_write_replaces_whole_or_not_at_all(tmp_path):
             pass
 
 
+def test_write_weights_folder_round_trips_and_keeps_the_old_folder_on_failure(tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "model"
+    tensors = {"w": torch.arange(6.0).view(2, 3), "b": torch.ones(2)}
+    assert utils.write_weights_folder(folder, tensors, {"width": 3}) == folder
+    assert json.loads((folder / "config.json").read_text()) == {"width": 3}
+    back = load_file(folder / "model.safetensors")
+    assert back.keys() == tensors.keys() and all(torch.equal(back[k], v) for k, v in tensors.items())
+    # safetensors refuses a non-contiguous tensor: the write fails and the folder stays as it was
+    with pytest.raises(ValueError):
+        utils.write_weights_folder(folder, {"w": torch.ones(3, 4).t()}, {"width": 4})
+    assert json.loads((folder / "config.json").read_text()) == {"width": 3}
+    assert torch.equal(load_file(folder / "model.safetensors")["w"], tensors["w"])
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+
+
 @pytest.mark.parametrize("umask, expected", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
 def test_atomic_write_keeps_the_users_umask(tmp_path, umask, expected):
     old = os.umask(umask)

@@ -40,7 +40,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .models.attention import check_attention_mask
-from .utils import atomic_write
+from .utils import atomic_write, write_weights_folder
 
 __all__ = [
     "LoRALinear", "apply_lora", "merge_lora", "unmerge_lora", "lora_layers", "lora_state_dict", "save_lora",
@@ -349,8 +349,6 @@ def export_peft_adapter(model: nn.Module, path: str | os.PathLike) -> Path:
     ``value``), each with the shared ``A`` and its rows of ``B``: the same update, exactly. ``modules_to_save``
     (heads) are not exported: peft keeps them under its own names; save them with :func:`save_lora`.
     """
-    from safetensors.torch import save
-
     layers = _require_lora(model, "export_peft_adapter")
     if any(m.merged for m in layers.values()):
         raise RuntimeError("export_peft_adapter: the adapters are merged; unmerge_lora(model) first")
@@ -376,13 +374,8 @@ def export_peft_adapter(model: nn.Module, path: str | os.PathLike) -> Path:
               "lora_dropout": float(getattr(first.lora_dropout, "p", 0.0)), "use_rslora": first.use_rslora,
               "target_modules": sorted(targets), "fan_in_fan_out": fan_in_fan_out, "bias": "none",
               "modules_to_save": None, "inference_mode": True, "base_model_name_or_path": None}
-    folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    with atomic_write(folder / "adapter_model.safetensors") as f:
-        f.write(save(state, metadata={"format": "pt"}))
-    with atomic_write(folder / "adapter_config.json", "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2)
-    return folder
+    return write_weights_folder(path, state, config, weights_name="adapter_model.safetensors",
+                                config_name="adapter_config.json")
 
 
 def import_peft_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:

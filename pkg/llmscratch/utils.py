@@ -28,7 +28,7 @@ from typing import IO, Any, Iterator
 import numpy as np
 import torch
 
-__all__ = ["atomic_write", "remove_orphaned_temp_files", "seed_everything", "get_device", "autocast_dtype", "autocast", "env_report", "format_env_report", "in_colab"]
+__all__ = ["atomic_write", "write_weights_folder", "remove_orphaned_temp_files", "seed_everything", "get_device", "autocast_dtype", "autocast", "env_report", "format_env_report", "in_colab"]
 
 
 def seed_everything(seed: int = 123, deterministic: bool = False) -> int:
@@ -279,3 +279,23 @@ def atomic_write(path: str | Path, mode: str = "wb", encoding: str | None = None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def write_weights_folder(folder: str | Path, tensors: dict[str, torch.Tensor], config: dict,
+                         weights_name: str = "model.safetensors", config_name: str = "config.json") -> Path:
+    """Write a Hugging Face style folder: ``tensors`` as safetensors (``format: pt``, the metadata
+    ``transformers`` and ``peft`` expect) and ``config`` as indented JSON, each file atomically.
+
+    The weights are written first, so a folder whose config is new never holds weights older than it.
+    Tensors must be on the CPU and contiguous (safetensors refuses others). Returns the folder."""
+    import json
+
+    from safetensors.torch import save
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_write(folder / weights_name) as f:
+        f.write(save(tensors, metadata={"format": "pt"}))
+    with atomic_write(folder / config_name, "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2)
+    return folder

@@ -317,9 +317,7 @@ class _Pretrained:
     def save_pretrained(self, path: str | os.PathLike) -> Path:
         """Write a Hugging Face folder (``config.json`` + ``model.safetensors``) that ``transformers``'
         matching ``Bert*`` class and :meth:`from_pretrained` both load."""
-        from safetensors.torch import save
-
-        from ..utils import atomic_write
+        from ..utils import write_weights_folder
 
         ours = dict(self.named_parameters())
         state = {}
@@ -335,13 +333,7 @@ class _Pretrained:
                      "id2label": {str(i): f"LABEL_{i}" for i in range(cfg.num_labels)},
                      "label2id": {f"LABEL_{i}": i for i in range(cfg.num_labels)},
                      "initializer_range": 0.02, "tie_word_embeddings": True, "is_decoder": False}
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
-        with atomic_write(folder / "model.safetensors") as f:
-            f.write(save(state, metadata={"format": "pt"}))
-        with atomic_write(folder / "config.json", "w", encoding="utf-8") as f:
-            json.dump(hf_config, f, indent=2)
-        return folder
+        return write_weights_folder(path, state, hf_config)
 
 
 def _rename_legacy(name: str) -> str:

@@ -35,6 +35,7 @@ from torch.utils.checkpoint import checkpoint
 from .attention import KVCache, MultiHeadAttention, check_attention_mask
 from ..losses import fused_linear_cross_entropy
 from .layers import FeedForward, LayerNorm
+from ..utils import write_weights_folder
 
 __all__ = ["GPTConfig", "GPTModel", "TransformerBlock", "PRESETS", "check_token_ids"]
 
@@ -471,14 +472,10 @@ class GPTModel(nn.Module):
     def save_pretrained(self, path: str | os.PathLike) -> Path:
         """Write a Hugging Face GPT-2 folder (``config.json`` + ``model.safetensors``) that
         ``transformers.GPT2LMHeadModel.from_pretrained`` and :meth:`from_pretrained` both load."""
-        from safetensors.torch import save_file
-
         cfg = self.cfg
         if not (cfg.bias and cfg.qkv_bias):
             raise ValueError("the Hugging Face GPT-2 format needs bias=True and qkv_bias=True; this model has none "
                              "in some layers, so save it with torch.save(model.state_dict(), ...) instead")
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
         ours = dict(self.named_parameters())
         state = {}
         for hf_name, (our_name, transpose) in self._hf_name_map().items():
@@ -489,7 +486,6 @@ class GPTModel(nn.Module):
             state["transformer." + hf_name] = t.to("cpu").contiguous().clone()
         if not cfg.tie_weights:
             state["lm_head.weight"] = self.lm_head.weight.detach()[: cfg.vocab_size].to("cpu").contiguous().clone()
-        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
         hf_config = {
             "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
             "vocab_size": cfg.vocab_size, "n_positions": cfg.context_length, "n_ctx": cfg.context_length,
@@ -503,9 +499,7 @@ class GPTModel(nn.Module):
             "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
             "llmscratch_config": asdict(cfg),
         }
-        with open(folder / "config.json", "w") as f:
-            json.dump(hf_config, f, indent=2)
-        return folder
+        return write_weights_folder(path, state, hf_config)
 
 
 # ---------------------------------------------------------------------- helpers for checkpoints and MFU

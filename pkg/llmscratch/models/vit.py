@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..utils import atomic_write
+from ..utils import write_weights_folder
 from .attention import MultiHeadAttention, reference_attention
 from .gpt import _read_state_dict, _resolve_checkpoint
 from .layers import FeedForward, LayerNorm, ResidualSublayer
@@ -436,11 +436,7 @@ class ViTForImageClassification(nn.Module):
     def save_pretrained(self, path: str | os.PathLike) -> Path:
         """Write a Hugging Face ViT folder (``config.json`` + ``model.safetensors``) that
         ``transformers.ViTForImageClassification.from_pretrained`` and :meth:`from_pretrained` both load."""
-        from safetensors.torch import save
-
         cfg = self.cfg
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
         ours = dict(self.named_parameters())
         state = {}
         d = cfg.d_model
@@ -449,8 +445,6 @@ class ViTForImageClassification(nn.Module):
             parts = t.split(d) if len(hf_names) > 1 else [t]  # the fused qkv back into query, key, value
             for hf_name, part in zip(hf_names, parts):
                 state[hf_name] = part.contiguous().clone()
-        with atomic_write(folder / "model.safetensors", "wb") as f:
-            f.write(save(state, metadata={"format": "pt"}))
         labels = getattr(self, "id2label", None) or {i: str(i) for i in range(cfg.num_classes)}
         hf_config = {
             "architectures": ["ViTForImageClassification"], "model_type": "vit",
@@ -463,9 +457,7 @@ class ViTForImageClassification(nn.Module):
             "label2id": {str(v): int(i) for i, v in labels.items()},
             "llmscratch_config": asdict(cfg),
         }
-        with atomic_write(folder / "config.json", "w", encoding="utf-8") as f:
-            json.dump(hf_config, f, indent=2)
-        return folder
+        return write_weights_folder(path, state, hf_config)
 
 
 def _config_from_hf(hf: dict, folder: Path) -> ViTConfig:
