@@ -33,7 +33,7 @@ import torch
 from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpt import interleaved_medians  # noqa: E402  (the shared interleaved-median timer; sets 2 threads)
+from gpt import print_table, warm_medians  # noqa: E402  (the shared interleaved-median timer; sets 2 threads)
 
 from llmscratch.models.bert import BertConfig, BertForMaskedLM, BertForSequenceClassification  # noqa: E402
 from llmscratch.train import configure_optimizer  # noqa: E402
@@ -106,17 +106,12 @@ def main():
         return step
 
     steps = {name: step_fn(*pair) for name, pair in runs.items()}
-    for fn in steps.values():  # warm-up: allocator, optimizer state
-        fn()
-    med, _ = interleaved_medians(steps, args.rounds, args.steps)
+    med, _ = warm_medians(steps, args.rounds, args.steps)
     ref = med[next(iter(med))]
     tokens = BATCH * SEQ
-    print(f"\n### MLM training step (forward + loss + backward + AdamW), {int((y != -100).sum())} masked of "
-          f"{tokens} tokens\n")
-    print("| model | ms / step | tokens/s | this / ours |")
-    print("|---|---:|---:|---:|")
-    for name, t in med.items():
-        print(f"| {name} | {t * 1e3:.0f} | {tokens / t:,.0f} | {t / ref:.2f}x |")
+    print_table(f"MLM training step (forward + loss + backward + AdamW), {int((y != -100).sum())} masked of "
+                f"{tokens} tokens", ["model", "ms / step", "tokens/s", "this / ours"],
+                [(name, f"{t * 1e3:.0f}", f"{tokens / t:,.0f}", f"{t / ref:.2f}x") for name, t in med.items()])
 
     from transformers import BertForSequenceClassification as HFClassifier
 
@@ -128,16 +123,12 @@ def main():
     runs = {"ours": lambda: clf(ids, attention_mask=mask),
             **{f"transformers {a}": (lambda m=m: m(input_ids=ids, attention_mask=mask).logits) for a, m in hf.items()}}
     with torch.no_grad():
-        for fn in runs.values():
-            fn()
-        med, outs = interleaved_medians(runs, args.rounds, args.steps)
+        med, outs = warm_medians(runs, args.rounds, args.steps)
     diff = max(float((outs["ours"] - o).abs().max()) for o in outs.values())
     ref = med["ours"]
-    print(f"\n### Classifier inference, batch {BATCH} x {SEQ} with padding (max |logit diff| {diff:.1e})\n")
-    print("| model | ms / batch | sequences/s | this / ours |")
-    print("|---|---:|---:|---:|")
-    for name, t in med.items():
-        print(f"| {name} | {t * 1e3:.0f} | {BATCH / t:,.0f} | {t / ref:.2f}x |")
+    print_table(f"Classifier inference, batch {BATCH} x {SEQ} with padding (max |logit diff| {diff:.1e})",
+                ["model", "ms / batch", "sequences/s", "this / ours"],
+                [(name, f"{t * 1e3:.0f}", f"{BATCH / t:,.0f}", f"{t / ref:.2f}x") for name, t in med.items()])
 
 
 if __name__ == "__main__":

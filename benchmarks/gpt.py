@@ -205,15 +205,11 @@ def chunk_sweep(rounds: int) -> None:
 
     fns = {"unfused: F.linear + F.cross_entropy": lambda: run(None),
            **{f"fused, chunk_size={c}": (lambda c=c: run(c)) for c in (128, 256, 512, 1024)}}
-    for fn in fns.values():
-        fn()
-    med, _ = interleaved_medians(fns, rounds)
+    med, _ = warm_medians(fns, rounds)
     ref = med["unfused: F.linear + F.cross_entropy"]
-    print(f"\n### LM head + cross-entropy alone ({n} tokens, forward + backward)\n")
-    print("| variant | ms | unfused / this |")
-    print("|---|---:|---:|")
-    for name, t in med.items():
-        print(f"| {name} | {t * 1e3:.0f} | {ref / t:.2f}x |")
+    print_table(f"LM head + cross-entropy alone ({n} tokens, forward + backward)",
+                ["variant", "ms", "unfused / this"],
+                [(name, f"{t * 1e3:.0f}", f"{ref / t:.2f}x") for name, t in med.items()])
 
 
 def interleaved_medians(fns: dict, rounds: int, steps: int = 1) -> tuple[dict, dict]:
@@ -228,6 +224,24 @@ def interleaved_medians(fns: dict, rounds: int, steps: int = 1) -> tuple[dict, d
                 outs[name] = fn()
             times[name].append((time.perf_counter() - t0) / steps)
     return {name: statistics.median(t) for name, t in times.items()}, outs
+
+
+def warm_medians(fns: dict, rounds: int, steps: int = 1) -> tuple[dict, dict]:
+    """One untimed call of each function (allocator, optimizer state, kernels), then
+    :func:`interleaved_medians`."""
+    for fn in fns.values():
+        fn()
+    return interleaved_medians(fns, rounds, steps)
+
+
+def print_table(title: str, header: list[str], rows) -> None:
+    """A markdown table as benchmarks/RESULTS.md keeps them: a heading, then the rows (cells already
+    formatted), the first column left-aligned and the numbers right-aligned."""
+    print(f"\n### {title}\n")
+    print("| " + " | ".join(header) + " |")
+    print("|---|" + "---:|" * (len(header) - 1))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
 
 
 def main():
@@ -257,15 +271,11 @@ def main():
         print("first loss on the same batch: " + ", ".join(f"{n.split(' (')[0]} {v:.6f}" for n, v in first.items()))
         assert max(first.values()) - min(first.values()) < 1e-4, first
         steps = {name: train_step_fn(loss_fn, opt, x, y) for name, (loss_fn, opt) in runs.items()}
-        for fn in steps.values():  # warm-up: allocator, optimizer state, kernels
-            fn()
-        med, _ = interleaved_medians(steps, args.rounds, args.steps)
+        med, _ = warm_medians(steps, args.rounds, args.steps)
         ref = med[next(iter(med))]
-        print("\n### Training (forward + loss + backward + optimizer step), tokens/s\n")
-        print("| model | ms / step | tokens/s | ours / this |")
-        print("|---|---:|---:|---:|")
-        for name, t in med.items():
-            print(f"| {name} | {t * 1e3:.0f} | {tokens / t:,.0f} | {t / ref:.2f}x |")
+        print_table("Training (forward + loss + backward + optimizer step), tokens/s",
+                    ["model", "ms / step", "tokens/s", "ours / this"],
+                    [(name, f"{t * 1e3:.0f}", f"{tokens / t:,.0f}", f"{t / ref:.2f}x") for name, t in med.items()])
 
     if args.chunk_sweep:
         chunk_sweep(args.rounds)
@@ -297,11 +307,9 @@ def main():
         med, outs = interleaved_medians(runs, max(2, args.rounds // 2))
         same = all(torch.equal(outs["ours, KV cache"], o) for o in outs.values())
         ref = med["ours, KV cache"]
-        print(f"\n### Greedy generation, {n} new tokens, batch 1 (outputs identical: {same})\n")
-        print("| run | s | tokens/s | ours (cache) / this |")
-        print("|---|---:|---:|---:|")
-        for name, t in med.items():
-            print(f"| {name} | {t:.2f} | {n / t:,.0f} | {t / ref:.2f}x |")
+        print_table(f"Greedy generation, {n} new tokens, batch 1 (outputs identical: {same})",
+                    ["run", "s", "tokens/s", "ours (cache) / this"],
+                    [(name, f"{t:.2f}", f"{n / t:,.0f}", f"{t / ref:.2f}x") for name, t in med.items()])
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 _spec = importlib.util.spec_from_file_location("benchmarks_gpt", os.path.join(_HERE, "gpt.py"))
 _gpt = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_gpt)
-interleaved_medians, train_step_fn = _gpt.interleaved_medians, _gpt.train_step_fn
+warm_medians, print_table, train_step_fn = _gpt.warm_medians, _gpt.print_table, _gpt.train_step_fn
 
 from llmscratch.models.gpt import GPTConfig, GPTModel  # noqa: E402
 from llmscratch.peft import apply_lora, merge_lora, trainable_parameters  # noqa: E402
@@ -92,16 +92,13 @@ def main():
     assert max(first.values()) - min(first.values()) < 1e-4, first
     print(f"ours, LoRA: {trainable_parameters(lora)}")
     steps = {name: train_step_fn(fn, opt, x, y) for name, (fn, opt) in runs.items()}
-    for fn in steps.values():  # warm-up, which also creates the optimizer state
-        fn()
+    med, _ = warm_medians(steps, args.rounds, args.steps)  # the warm-up also creates the optimizer state
     state = {name: optimizer_state_bytes(opt) for name, (_, opt) in runs.items()}
-    med, _ = interleaved_medians(steps, args.rounds, args.steps)
     ref = med["ours, LoRA"]
-    print("\n### Training step (forward + loss + backward + AdamW)\n")
-    print("| contender | ms / step | this / ours LoRA | optimizer state (MiB) |")
-    print("|---|---:|---:|---:|")
-    for name, t in med.items():
-        print(f"| {name} | {t * 1e3:.0f} | {t / ref:.2f}x | {state[name] / 2**20:.2f} |")
+    print_table("Training step (forward + loss + backward + AdamW)",
+                ["contender", "ms / step", "this / ours LoRA", "optimizer state (MiB)"],
+                [(name, f"{t * 1e3:.0f}", f"{t / ref:.2f}x", f"{state[name] / 2**20:.2f}")
+                 for name, t in med.items()])
 
     full.eval()
     lora.eval()
@@ -118,15 +115,11 @@ def main():
         return fn
 
     fns = {"base model": infer(full), "LoRA merged": infer(merged), "LoRA unmerged": infer(lora)}
-    for fn in fns.values():
-        fn()
-    med, outs = interleaved_medians(fns, args.rounds, args.steps)
+    med, outs = warm_medians(fns, args.rounds, args.steps)
     diff = (outs["LoRA merged"] - outs["LoRA unmerged"]).abs().max().item()
-    print(f"\n### Inference (forward, no grad), merged vs unmerged max |diff| {diff:.2e}\n")
-    print("| model | ms / forward | this / base |")
-    print("|---|---:|---:|")
-    for name, t in med.items():
-        print(f"| {name} | {t * 1e3:.0f} | {t / med['base model']:.3f}x |")
+    print_table(f"Inference (forward, no grad), merged vs unmerged max |diff| {diff:.2e}",
+                ["model", "ms / forward", "this / base"],
+                [(name, f"{t * 1e3:.0f}", f"{t / med['base model']:.3f}x") for name, t in med.items()])
 
 
 if __name__ == "__main__":

@@ -10,4 +10,4 @@ if [ -z "${LLMSCRATCH_DATA:-}" ] && [ -d ../shared/data ]; then
   export LLMSCRATCH_DATA="$(cd ../shared/data && pwd)"
 fi
 # Two workers for two cores; a file's tests stay on one worker except the notebook runs (tests/conftest.py).
-exec "${VENV:-.venv}/bin/python" -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadfile "$@"
+exec "${VENV:-.venv}/bin/python" -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadfile --durations=25 "$@"
