@@ -31,6 +31,75 @@ def test_wordnet_is_the_data_folders(wn):
     assert "movie" not in synonyms("movie")
 
 
+def _nltk_lemma_names(wn, word):
+    return [lemma.name() for syn in wn.synsets(word) for lemma in syn.lemmas()]
+
+
+def _nltk_synonyms(wn, word, names=None):
+    """The NLTK definition of :func:`synonyms` (the reference its faster reader must equal); ``names``: the
+    word's :func:`_nltk_lemma_names` if already at hand."""
+    names = _nltk_lemma_names(wn, word) if names is None else names
+    seen = dict.fromkeys(augment._NOT_LETTER.sub("", n.replace("_", " ").replace("-", " ").lower()).strip()
+                         for n in names)
+    seen.pop(word, None)
+    seen.pop("", None)
+    return tuple(seen)
+
+
+# irregular forms (exception lists), detachment rules, adjective satellites and lemmas with markers ("galore" is
+# "galore(ip)", "ablaze" a satellite), hyphens, underscores, apostrophes and dots in lemmas, capitals, multi-word
+# synonyms as EDA's insertion passes them back (and ones that look like the start of an index line: "good a"),
+# stop words, and words WordNet does not have
+TRICKY = ["went", "geese", "better", "best", "worse", "mice", "men", "women", "ran", "lying", "abaci", "aardwolves",
+          "churches", "boxes", "buses", "wolves", "studies", "bigger", "happiest", "galore", "ablaze", "beautiful",
+          "elect", "dog-tired", "dog tired", "dog_tired", "well-known", "jack-o'-lantern", "o'clock", "st.",
+          ".22-caliber", "Movie", "MOVIE", "Hollywood", "New York", "new_york", "motion picture", "motion_picture",
+          "picture show", "movie n", "good a", "run v", "vitamin a", "dog\tn", "the", "and", "is", "was", "having",
+          "s", "a", "", "xyzzy", "qwertyuiop", "zzz"]
+
+
+def test_synonyms_equal_nltks_word_for_word(wn):
+    from llmscratch.data import load_imdb
+
+    words = dict.fromkeys(TRICKY)
+    for review in load_imdb("train", limit=300).text:  # about 3,750 sentences
+        words.update(dict.fromkeys(eda_words(review.replace("<br />", " "))))
+    first = list(words)[:300]
+    for w in first:  # the synonyms themselves (multi-word ones included), as random insertion may pick them
+        words.update(dict.fromkeys(_nltk_synonyms(wn, w)))
+    assert len(words) > 10_000
+    db = augment.wordnet_db()
+    assert db.root.samefile(wn.root.path)  # the files NLTK reads
+    augment._SYN_CACHE.clear()
+    for w in words:
+        names = _nltk_lemma_names(wn, w)
+        # the raw lemma names too: same synsets in the same order, repeats included
+        assert db.lemma_names(w) == names, w
+        assert synonyms(w) == _nltk_synonyms(wn, w, names), w
+    for pos in "nvar":  # WordNet's morphology, part of speech by part of speech
+        for w in TRICKY + first:
+            assert db.morphy(w.lower(), pos) == wn._morphy(w.lower(), pos), (w, pos)
+
+
+def test_wordnet_db_needs_wordnets_files_and_no_nltk(tmp_path, data_dir):
+    import subprocess
+    import sys
+
+    from llmscratch.data.wndb import WordNetDB
+
+    with pytest.raises(FileNotFoundError, match="not a WordNet database folder"):
+        WordNetDB(tmp_path)
+    for name in ("noun", "verb", "adj", "adv"):
+        (tmp_path / f"index.{name}").write_text("  1 licence\nzebra n 1 0 1 0 00000000  \napple n 1 0 1 0 00000000\n")
+        (tmp_path / f"data.{name}").write_text("")
+    with pytest.raises(ValueError, match="not sorted by lemma"):
+        WordNetDB(tmp_path)
+    # the synonyms are read without importing NLTK
+    code = ("import sys; from llmscratch.data import augment as A; "
+            "assert 'film' in A.synonyms('movie') and 'nltk' not in sys.modules, sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_synonym_replacement_uses_only_wordnet_synonyms_and_no_stop_words(wn):
     words = eda_words(SENT)
     rng = random.Random(0)

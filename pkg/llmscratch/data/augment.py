@@ -7,8 +7,10 @@ random word at a random place), random swap (RS) and random deletion (RD, each w
 The text is first lowercased and reduced to letters and spaces, as in the paper's code. Every function takes a
 ``random.Random`` (or a seed), so augmentations are reproducible.
 
-WordNet is read through NLTK from the data folder's ``nltk_data/`` (see :func:`wordnet`); users who are online
-get NLTK's official ``wordnet.zip`` downloaded into the cache.
+WordNet 3.0 comes from the data folder's ``nltk_data/`` (users who are online get NLTK's official ``wordnet.zip``
+downloaded into the cache). EDA's synonyms read its database files directly (:func:`wordnet_db`, module
+:mod:`.wndb`): NLTK's answer without NLTK's synset objects, so new words are fast too (benchmarks/data.py times
+both); :func:`wordnet` is NLTK's reader over the same files, for everything else WordNet offers.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Sequence
 __all__ = [
     "STOP_WORDS",
     "wordnet",
+    "wordnet_db",
     "synonyms",
     "eda_words",
     "synonym_replacement",
@@ -105,17 +108,43 @@ def wordnet():
     return wn
 
 
+@lru_cache(maxsize=1)
+def wordnet_db():
+    """WordNet 3.0's database files read directly (:class:`~.wndb.WordNetDB`: no NLTK, a few tens of
+    milliseconds to load), from the same folder as :func:`wordnet`, checked by content the same way."""
+    from .wndb import WordNetDB
+
+    root = _nltk_home() / "corpora" / "wordnet"
+    db = WordNetDB(root)
+    if db.version() != "3.0" or not {"film", "flick", "picture"} <= set(db.lemma_names("movie")):
+        raise RuntimeError(f"the WordNet under {root} is not WordNet 3.0 (version {db.version()!r}): "
+                           "delete it and run again, or point $LLMSCRATCH_DATA at the course's data folder")
+    return db
+
+
 _SYN_CACHE: dict[str, tuple[str, ...]] = {}
+_CLEAN_NAME: dict[str, str] = {}  # a lemma name -> its EDA form ("motion_picture" -> "motion picture")
+
+
+def _clean_name(name: str) -> str:
+    clean = _CLEAN_NAME.get(name)
+    if clean is None:
+        clean = _CLEAN_NAME[name] = _NOT_LETTER.sub(
+            "", name.replace("_", " ").replace("-", " ").lower()).strip()
+    return clean
 
 
 def synonyms(word: str) -> tuple[str, ...]:
-    """WordNet synonyms of ``word`` (lemmas of all its synsets), lowercased, letters and spaces only, without
-    the word itself, in a fixed order (WordNet's); cached, since EDA asks for the same words again and again."""
+    """WordNet synonyms of ``word`` (lemmas of all its synsets, every part of speech, WordNet's morphology
+    applied), lowercased, letters and spaces only, without the word itself, in a fixed order (WordNet's);
+    cached, since EDA asks for the same words again and again.
+
+    The same tuple as from NLTK (``wordnet().synsets(word)``'s lemma names, cleaned, without repeats), read from
+    WordNet's files by :func:`wordnet_db` without building NLTK's synset objects (tests/test_augment.py checks
+    the two agree word for word)."""
     found = _SYN_CACHE.get(word)
     if found is None:
-        seen = dict.fromkeys(
-            _NOT_LETTER.sub("", lemma.name().replace("_", " ").replace("-", " ").lower()).strip()
-            for syn in wordnet().synsets(word) for lemma in syn.lemmas())
+        seen = dict.fromkeys(map(_clean_name, wordnet_db().lemma_names(word)))
         seen.pop(word, None)
         seen.pop("", None)
         found = _SYN_CACHE[word] = tuple(seen)
