@@ -62,12 +62,12 @@ def test_synonyms_equal_nltks_word_for_word(wn):
     from llmscratch.data import load_imdb
 
     words = dict.fromkeys(TRICKY)
-    for review in load_imdb("train", limit=300).text:  # about 3,750 sentences
+    for review in load_imdb("train", limit=150).text:  # about 1,900 sentences (NLTK's side sets the time)
         words.update(dict.fromkeys(eda_words(review.replace("<br />", " "))))
     first = list(words)[:300]
     for w in first:  # the synonyms themselves (multi-word ones included), as random insertion may pick them
         words.update(dict.fromkeys(_nltk_synonyms(wn, w)))
-    assert len(words) > 10_000
+    assert len(words) > 5_000
     db = augment.wordnet_db()
     assert db.root.samefile(wn.root.path)  # the files NLTK reads
     augment._SYN_CACHE.clear()
