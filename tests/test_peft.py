@@ -1,6 +1,7 @@
 """llmscratch.peft: LoRA on GPT and BERT (formula, merge/unmerge, bf16 merge error, adapters + head saved and
-reloaded bit-identically, clear errors), and the peft folder format both ways against ``peft`` 0.21 on
-``transformers`` GPT-2 and BERT (random small models saved by the tests, offline)."""
+reloaded bit-identically, clear errors), LoRA on the token embedding (peft's Embedding layer), and the peft
+folder format both ways against ``peft`` 0.21 on ``transformers`` GPT-2 and BERT (random small models saved by
+the tests, offline)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from torch import nn
 
 from llmscratch.models.bert import BertConfig, BertForSequenceClassification
 from llmscratch.models.gpt import GPTConfig, GPTModel
-from llmscratch.peft import (LoRALinear, apply_lora, export_peft_adapter, import_peft_adapter, lora_layers,
+from llmscratch.peft import (LoRAEmbedding, LoRALinear, apply_lora, export_peft_adapter, import_peft_adapter, lora_layers,
                              lora_state_dict, load_lora, merge_lora, save_lora, trainable_parameters, unmerge_lora)
 
 TINY = dict(vocab_size=97, context_length=32, d_model=32, n_heads=4, n_layers=2)
@@ -24,11 +25,13 @@ def gpt(seed: int = 0, **overrides) -> GPTModel:
 
 
 def randomise_lora(model: nn.Module, seed: int = 1, std: float = 0.1) -> None:
-    """Give B non-zero values (as training would), so the update is not trivially zero."""
+    """Give the zero-initialised factor non-zero values (as training would), so the update is not trivially zero:
+    B of a Linear adapter, A of an embedding adapter (whose B starts standard normal)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in lora_layers(model).values():
-            m.lora_B.copy_(std * torch.randn(m.lora_B.shape, generator=g))
+            p = m.lora_embedding_A if isinstance(m, LoRAEmbedding) else m.lora_B
+            p.copy_(std * torch.randn(p.shape, generator=g))
 
 
 def ids(seed: int = 2, b: int = 3, t: int = 11, vocab: int = 97) -> torch.Tensor:
@@ -94,6 +97,58 @@ def test_apply_lora_bert_and_rslora_scaling():
     assert len(lora_layers(model)) == 4
     assert all(m.scaling == 8.0 for m in lora_layers(model).values())
     assert model.classifier.weight.requires_grad and not model.bert.pooler.weight.requires_grad
+
+
+# ---------------------------------------------------------------------- LoRA on the token embedding
+def test_lora_embedding_matches_formula_and_starts_at_identity():
+    torch.manual_seed(0)
+    base = nn.Embedding(20, 8, padding_idx=0)
+    x = torch.tensor([[0, 3, 19, 3], [7, 1, 2, 0]])
+    y0 = base(x)
+    layer = LoRAEmbedding(base, r=4, alpha=8)
+    # peft's init, the reverse of a Linear's: A (r, num_embeddings) zero, B (dim, r) standard normal
+    assert layer.lora_embedding_A.shape == (4, 20) and not layer.lora_embedding_A.any()
+    assert layer.lora_embedding_B.shape == (8, 4) and 0.5 < layer.lora_embedding_B.std() < 1.5
+    assert torch.equal(layer(x), y0)
+    with torch.no_grad():
+        layer.lora_embedding_A.normal_()
+    table = base.weight + 2.0 * (layer.lora_embedding_B @ layer.lora_embedding_A).T  # (20, 8)
+    torch.testing.assert_close(layer(x), table[x], atol=1e-5, rtol=1e-5)
+    assert layer.weight is base.weight and not layer.weight.requires_grad and layer.padding_idx == 0
+    assert isinstance(layer, nn.Embedding) and "r=4" in repr(layer)
+
+
+def test_lora_on_tok_emb_trains_merges_and_saves(tmp_path):
+    model = gpt(tie_weights=False)  # untied: merging then changes the input table only (see the peft test)
+    w0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    x = ids()
+    ref = model(x)
+    apply_lora(model, r=4, alpha=8, target_modules=["tok_emb", "attn.qkv"])
+    assert isinstance(model.tok_emb, LoRAEmbedding) and torch.equal(model(x), ref)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"tok_emb.lora_embedding_A", "tok_emb.lora_embedding_B"} | {
+        f"blocks.{i}.attn.qkv.lora_{ab}" for i in range(2) for ab in "AB"}
+    v, d, r = 97, 32, 4
+    assert trainable_parameters(model).trainable == r * (v + d) + 2 * (r * d + 3 * d * r)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.loss(x, x.roll(-1, 1)).backward()
+    opt.step()
+    assert model.tok_emb.lora_embedding_A[:, x.unique()].abs().sum() > 0  # the ids seen got coefficients
+    unmerged = model(x)
+    assert (unmerged - ref).abs().max() > 1e-3
+    merge_lora(model)
+    torch.testing.assert_close(model(x), unmerged, atol=1e-5, rtol=0)
+    assert not torch.equal(model.tok_emb.weight, w0["tok_emb.weight"])
+    unmerge_lora(model)
+    for n, p in model.named_parameters():
+        if n in w0:
+            torch.testing.assert_close(p, w0[n], atol=1e-6, rtol=0)
+    state = lora_state_dict(model)
+    assert {"tok_emb.lora_embedding_A", "tok_emb.lora_embedding_B"} <= set(state)
+    save_lora(model, tmp_path / "emb.safetensors")
+    fresh = gpt(tie_weights=False)
+    load_lora(fresh, tmp_path / "emb.safetensors")
+    assert isinstance(fresh.tok_emb, LoRAEmbedding) and torch.equal(fresh(x), unmerged)
 
 
 # ---------------------------------------------------------------------- merge / unmerge
@@ -174,8 +229,11 @@ def test_load_adapter_onto_another_shape_is_a_clear_error(tmp_path):
 
 
 def test_clear_errors():
-    with pytest.raises(ValueError, match=r"matches no nn.Linear.*attn.qkv, attn.proj, ff.fc, ff.proj, lm_head"):
+    with pytest.raises(ValueError, match=r"matches no nn.Linear or nn.Embedding.*attn.qkv, attn.proj, ff.fc, "
+                                         r"ff.proj, lm_head; its Embedding layers: tok_emb, pos_emb"):
         apply_lora(gpt(), r=4, alpha=8, target_modules=["q_proj"])
+    with pytest.raises(ValueError, match=r"'wte' matches no .*Embedding layers: tok_emb, pos_emb"):
+        apply_lora(gpt(), r=4, alpha=8, target_modules=["wte"])  # peft's name for GPT-2's; ours is tok_emb
     for r in (0, -2, 2.5):
         with pytest.raises(ValueError, match="positive int"):
             apply_lora(gpt(), r=r, alpha=8)
@@ -258,6 +316,41 @@ def test_import_peft_gpt2_adapter_gives_equal_logits(gpt2_folder, tmp_path, targ
     back = peft.PeftModel.from_pretrained(hf_gpt2(gpt2_folder), export_peft_adapter(ours, tmp_path / "b")).eval()
     with torch.no_grad():
         assert (back(x).logits - expected).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("padded", [None, 128])  # 128: our table has 31 rows more than GPT-2's 97
+def test_lora_on_wte_equals_peft_both_ways(gpt2_folder, tmp_path, padded):
+    """peft's LoRA Embedding layer on wte (with c_attn) given the same A/B: the same logits, unmerged and
+    merged (GPT-2 ties wte to the LM head, so merging changes both, in both libraries); and both directions of
+    the adapter format (peft's lora_embedding_A/B names)."""
+    _, peft = hf_libs()
+    torch.manual_seed(3)
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["wte", "c_attn"], fan_in_fan_out=True)
+    theirs = peft.get_peft_model(hf_gpt2(gpt2_folder), config).eval()
+    assert type(theirs.base_model.model.transformer.wte).__name__ == "Embedding"
+    with torch.no_grad():
+        for n, p in theirs.named_parameters():
+            if "lora_B" in n or "lora_embedding_A" in n:
+                p.normal_(0, 0.2)
+    theirs.save_pretrained(tmp_path / "adapter")
+    x = ids()
+    with torch.no_grad():
+        expected = theirs(x).logits
+        base = hf_gpt2(gpt2_folder)(x).logits
+    assert (expected - base).abs().max() > 1e-2
+    ours = GPTModel.from_pretrained(gpt2_folder, padded_vocab_size=padded).eval()
+    import_peft_adapter(ours, tmp_path / "adapter")
+    assert isinstance(ours.tok_emb, LoRAEmbedding) and len(lora_layers(ours)) == 3
+    diff = (ours(x) - expected).abs().max().item()
+    assert diff <= 1e-5, diff
+    # and back: our export loads in peft with the same logits (A cut to the real vocabulary)
+    back = peft.PeftModel.from_pretrained(hf_gpt2(gpt2_folder), export_peft_adapter(ours, tmp_path / "b")).eval()
+    with torch.no_grad():
+        assert (back(x).logits - expected).abs().max().item() <= 1e-5
+        theirs.merge_adapter()
+        merged_theirs = theirs(x).logits
+    merge_lora(ours)
+    assert (ours(x) - merged_theirs).abs().max().item() <= 1e-5
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ LoRA freezes a pretrained ``nn.Linear`` ``W`` (``out x in``) and learns a low-ra
 After training, :func:`merge_lora` folds ``scaling * B A`` into ``W`` so inference costs nothing extra.
 
 - :func:`apply_lora` wraps the named ``nn.Linear`` layers of a model (GPT, BERT, ViT: any ``nn.Module``) in
-  :class:`LoRALinear` and freezes everything else (except ``modules_to_save``, e.g. a new classification head).
+  :class:`LoRALinear`, and named ``nn.Embedding`` layers (GPT's ``tok_emb``) in :class:`LoRAEmbedding`, and
+  freezes everything else (except ``modules_to_save``, e.g. a new classification head).
 - :func:`merge_lora` / :func:`unmerge_lora`; :func:`trainable_parameters` (count, share, optimizer-state bytes).
 - :func:`lora_state_dict`, :func:`save_lora`, :func:`load_lora`: adapters (and the saved head) only, as
   safetensors; the base model is loaded separately.
@@ -23,7 +24,8 @@ After training, :func:`merge_lora` folds ``scaling * B A`` into ``W`` so inferen
 
 :class:`LoRALinear` *is* an ``nn.Linear`` holding the same ``weight`` and ``bias`` parameters as the layer it
 replaced, so parameter names, ``module.qkv.weight`` accesses and the models' ``save_pretrained`` are unchanged;
-the adapter adds ``lora_A`` and ``lora_B`` next to them.
+the adapter adds ``lora_A`` and ``lora_B`` next to them. :class:`LoRAEmbedding` is the same for an
+``nn.Embedding``, with ``peft``'s names and initialisation for embeddings (``lora_embedding_A`` starts at zero).
 """
 
 from __future__ import annotations
@@ -43,56 +45,32 @@ from .models.attention import check_attention_mask
 from .utils import atomic_write, write_weights_folder
 
 __all__ = [
-    "LoRALinear", "apply_lora", "merge_lora", "unmerge_lora", "lora_layers", "lora_state_dict", "save_lora",
+    "LoRALinear", "LoRAEmbedding", "apply_lora", "merge_lora", "unmerge_lora", "lora_layers", "lora_state_dict", "save_lora",
     "load_lora", "TrainableReport", "trainable_parameters", "export_peft_adapter", "import_peft_adapter",
     "BottleneckAdapter", "apply_adapters", "PrefixTuning", "PromptTuning", "virtual_token_mask",
 ]
 
 
-class LoRALinear(nn.Linear):
-    """An ``nn.Linear`` plus a low-rank update ``scaling * B A``; shapes ``(..., in) -> (..., out)``.
+class _Mergeable:
+    """Merge / unmerge for a LoRA layer whose frozen ``weight`` has the shape of its ``delta_weight()``."""
 
-    Args:
-        base: the layer to adapt; its ``weight`` and ``bias`` parameters are shared (not copied) and frozen.
-        r: rank of the update (``A``: ``(r, in)``, ``B``: ``(out, r)``).
-        alpha: scale numerator; ``scaling = alpha / r`` (or ``alpha / sqrt(r)`` with ``use_rslora``).
-        dropout: dropout on the adapter's input only (the frozen path sees ``x`` unchanged), as in the paper.
-        scaling: set the scale directly (used when importing an adapter whose rank was stacked); overrides alpha.
-    """
+    merged: bool
+    weight: nn.Parameter
 
-    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0, use_rslora: bool = False,
-                 scaling: float | None = None):
-        nn.Module.__init__(self)  # not nn.Linear.__init__: the parameters come from ``base``
+    def _share_and_scale(self, base: nn.Module, r: int, alpha: float, use_rslora: bool,
+                         scaling: float | None) -> None:
+        """Share and freeze ``base.weight``; set the rank and ``scaling`` (``alpha / r``, rsLoRA's
+        ``alpha / sqrt(r)``, or given directly)."""
         _check_rank(r)
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout}")
-        self.in_features, self.out_features = base.in_features, base.out_features
         self.weight = base.weight
-        self.bias = base.bias
         self.weight.requires_grad_(False)
-        if self.bias is not None:
-            self.bias.requires_grad_(False)
         self.r, self.alpha, self.use_rslora = r, float(alpha), use_rslora
         self.scaling = float(scaling) if scaling is not None else (
             alpha / math.sqrt(r) if use_rslora else alpha / r)
-        w = base.weight
-        self.lora_A = nn.Parameter(torch.empty(r, self.in_features, device=w.device, dtype=w.dtype))
-        self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, device=w.device, dtype=w.dtype))
-        # A as nn.Linear's default init (what peft uses); B = 0, so the update starts at exactly zero.
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
 
     def delta_weight(self) -> torch.Tensor:
-        """``scaling * B A``, ``(out, in)``, computed in float32 (a bf16 product would add its own rounding)."""
-        return self.scaling * (self.lora_B.float() @ self.lora_A.float())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)
-        if self.merged:
-            return y
-        # Two thin matmuls (in -> r -> out); never the (out, in) product B A.
-        return y + F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B) * self.scaling
+        raise NotImplementedError
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -109,9 +87,100 @@ class LoRALinear(nn.Linear):
         self.weight.copy_((self.weight.float() - self.delta_weight()).to(self.weight.dtype))
         self.merged = False
 
+    def adapter_parameters(self) -> dict[str, nn.Parameter]:
+        """The trained tensors by attribute name: ``lora_A``/``lora_B`` or ``lora_embedding_A``/``_B``."""
+        return {n: p for n, p in self.named_parameters(recurse=False) if n.startswith("lora_")}
+
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, r={self.r}, alpha={self.alpha:g}, scaling={self.scaling:g}"
                 f"{', merged' if self.merged else ''}")
+
+
+class LoRALinear(_Mergeable, nn.Linear):
+    """An ``nn.Linear`` plus a low-rank update ``scaling * B A``; shapes ``(..., in) -> (..., out)``.
+
+    Args:
+        base: the layer to adapt; its ``weight`` and ``bias`` parameters are shared (not copied) and frozen.
+        r: rank of the update (``A``: ``(r, in)``, ``B``: ``(out, r)``).
+        alpha: scale numerator; ``scaling = alpha / r`` (or ``alpha / sqrt(r)`` with ``use_rslora``).
+        dropout: dropout on the adapter's input only (the frozen path sees ``x`` unchanged), as in the paper.
+        scaling: set the scale directly (used when importing an adapter whose rank was stacked); overrides alpha.
+    """
+
+    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0, use_rslora: bool = False,
+                 scaling: float | None = None):
+        nn.Module.__init__(self)  # not nn.Linear.__init__: the parameters come from ``base``
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout}")
+        self._share_and_scale(base, r, alpha, use_rslora, scaling)
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.bias = base.bias
+        if self.bias is not None:
+            self.bias.requires_grad_(False)
+        w = base.weight
+        self.lora_A = nn.Parameter(torch.empty(r, self.in_features, device=w.device, dtype=w.dtype))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, device=w.device, dtype=w.dtype))
+        # A as nn.Linear's default init (what peft uses); B = 0, so the update starts at exactly zero.
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def delta_weight(self) -> torch.Tensor:
+        """``scaling * B A``, ``(out, in)``, computed in float32 (a bf16 product would add its own rounding)."""
+        return self.scaling * (self.lora_B.float() @ self.lora_A.float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.weight, self.bias)
+        if self.merged:
+            return y
+        # Two thin matmuls (in -> r -> out); never the (out, in) product B A.
+        return y + F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B) * self.scaling
+
+
+class LoRAEmbedding(_Mergeable, nn.Embedding):
+    """An ``nn.Embedding`` plus a low-rank update of its table; ids ``(...)`` -> vectors ``(..., dim)``.
+
+    ``peft``'s LoRA ``Embedding`` layer: the table ``W`` (``num_embeddings x dim``) becomes
+    ``W + scaling * (B A)^T`` with ``lora_embedding_A``: ``(r, num_embeddings)`` and ``lora_embedding_B``:
+    ``(dim, r)``. Looking up id ``i`` adds ``scaling * B A[:, i]``: every id has its own ``r`` coefficients
+    (a column of ``A``), mixed by a shared ``B``. The initialisation is the reverse of :class:`LoRALinear`'s:
+    ``A`` starts at zero (an id's coefficients stay zero until that id is trained on), ``B`` is standard normal;
+    the update is again exactly zero at the start. No dropout, as in ``peft`` (dropping an id's lookup is not
+    dropping features).
+
+    With tied weights (GPT's ``lm_head`` shares ``tok_emb.weight``) the unmerged update changes the input
+    embedding only, as in ``peft``; merging writes it into the shared table, so the LM head changes too.
+
+    Args:
+        base: the embedding to adapt; its ``weight`` is shared (not copied) and frozen.
+        r, alpha, use_rslora, scaling: as for :class:`LoRALinear`.
+    """
+
+    def __init__(self, base: nn.Embedding, r: int, alpha: float, use_rslora: bool = False,
+                 scaling: float | None = None):
+        nn.Module.__init__(self)  # not nn.Embedding.__init__: the table comes from ``base``
+        self._share_and_scale(base, r, alpha, use_rslora, scaling)
+        for attr in ("num_embeddings", "embedding_dim", "padding_idx", "max_norm", "norm_type",
+                     "scale_grad_by_freq", "sparse"):
+            setattr(self, attr, getattr(base, attr))
+        w = base.weight
+        self.lora_embedding_A = nn.Parameter(torch.zeros(r, self.num_embeddings, device=w.device, dtype=w.dtype))
+        self.lora_embedding_B = nn.Parameter(torch.empty(self.embedding_dim, r, device=w.device, dtype=w.dtype))
+        nn.init.normal_(self.lora_embedding_B)  # peft's init; A = 0 makes the update start at exactly zero
+
+    def delta_weight(self) -> torch.Tensor:
+        """``scaling * (B A)^T``, ``(num_embeddings, dim)``, in float32."""
+        return self.scaling * (self.lora_embedding_B.float() @ self.lora_embedding_A.float()).T
+
+    def _lookup(self, x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        return F.embedding(x, table, self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq,
+                           self.sparse)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self._lookup(x, self.weight)
+        if self.merged:
+            return y
+        # Look up each id's r coefficients (a column of A), then map them to the d_model update with B.
+        return y + (self._lookup(x, self.lora_embedding_A.T) @ self.lora_embedding_B.T) * self.scaling
 
 
 def _check_rank(r) -> None:
@@ -124,8 +193,8 @@ def _matches(name: str, targets: Iterable[str]) -> bool:
     return any(name == t or name.endswith("." + t) for t in targets)
 
 
-def _linear_names(model: nn.Module) -> list[str]:
-    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n]
+def _linear_names(model: nn.Module, kind: type = nn.Linear) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, kind) and n]
 
 
 def _suffixes(names: list[str]) -> list[str]:
@@ -148,37 +217,44 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 def apply_lora(model: nn.Module, r: int, alpha: float, dropout: float = 0.0,
                target_modules: Iterable[str] = ("attn.qkv", "attn.proj"), use_rslora: bool = False,
                modules_to_save: Iterable[str] = ()) -> nn.Module:
-    """Wrap the ``nn.Linear`` layers named by ``target_modules`` in :class:`LoRALinear`; freeze the rest.
+    """Wrap the ``nn.Linear`` layers named by ``target_modules`` in :class:`LoRALinear` and the
+    ``nn.Embedding`` layers named there in :class:`LoRAEmbedding`; freeze the rest.
 
     Args:
         model: any module (``GPTModel``, ``BertForSequenceClassification``, ``ViT``...); changed in place.
-        r, alpha, dropout, use_rslora: see :class:`LoRALinear`.
+        r, alpha, dropout, use_rslora: see :class:`LoRALinear` (``dropout`` applies to the Linear adapters only;
+            embeddings have none, as in ``peft``).
         target_modules: full module names or dotted suffixes (``"attn.qkv"`` matches ``blocks.0.attn.qkv`` in every
-            block; BERT's are ``"attn.sublayer.qkv"``, ``"ff.sublayer.fc"``...).
+            block; BERT's are ``"attn.sublayer.qkv"``, ``"ff.sublayer.fc"``...); GPT's token embedding is
+            ``"tok_emb"`` (``peft``: ``"wte"``).
         modules_to_save: modules trained in full and saved with the adapters (a new classification head, e.g.
             ``"lm_head"`` or ``"classifier"``); matched like ``target_modules``.
 
-    Returns the model. Raises ``ValueError`` when a target matches no ``nn.Linear`` (listing those that exist).
+    Returns the model. Raises ``ValueError`` when a target matches no ``nn.Linear`` or ``nn.Embedding`` (listing
+    those that exist).
     """
     _check_rank(r)
     targets = [target_modules] if isinstance(target_modules, str) else list(target_modules)
     keep = [modules_to_save] if isinstance(modules_to_save, str) else list(modules_to_save)
     if not targets:
         raise ValueError("target_modules is empty; name the Linear layers to adapt, e.g. ['attn.qkv', 'attn.proj']")
-    linears = _linear_names(model)
+    linears, embeddings = _linear_names(model), _linear_names(model, nn.Embedding)
     for t in targets:
-        if not any(_matches(n, [t]) for n in linears):
-            raise ValueError(f"target module {t!r} matches no nn.Linear in {type(model).__name__}; its Linear "
-                             f"layers are (per block): {', '.join(_suffixes(linears))}")
-    chosen = [n for n in linears if _matches(n, targets)]
+        if not any(_matches(n, [t]) for n in linears + embeddings):
+            raise ValueError(f"target module {t!r} matches no nn.Linear or nn.Embedding in {type(model).__name__}; "
+                             f"its Linear layers are (per block): {', '.join(_suffixes(linears))}; its Embedding "
+                             f"layers: {', '.join(_suffixes(embeddings)) or 'none'}")
+    chosen = [n for n in linears + embeddings if _matches(n, targets)]
     for n in chosen:
-        if isinstance(model.get_submodule(n), LoRALinear):
+        if isinstance(model.get_submodule(n), _Mergeable):
             raise ValueError(f"{n!r} already has a LoRA adapter; apply_lora once per model (merge_lora first to "
                              "stack a second adapter on the merged weights)")
     for p in model.parameters():
         p.requires_grad_(False)
     for n in chosen:
-        _set_module(model, n, LoRALinear(model.get_submodule(n), r, alpha, dropout, use_rslora))
+        m = model.get_submodule(n)
+        _set_module(model, n, LoRAEmbedding(m, r, alpha, use_rslora) if isinstance(m, nn.Embedding)
+                    else LoRALinear(m, r, alpha, dropout, use_rslora))
     kept = [n for n, _ in model.named_modules() if n and keep and _matches(n, keep)]
     for t in keep:
         if not any(_matches(n, [t]) for n in kept):
@@ -191,12 +267,12 @@ def apply_lora(model: nn.Module, r: int, alpha: float, dropout: float = 0.0,
     return model
 
 
-def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
-    """Module name -> :class:`LoRALinear`, in model order."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+def lora_layers(model: nn.Module) -> dict[str, LoRALinear | LoRAEmbedding]:
+    """Module name -> :class:`LoRALinear` or :class:`LoRAEmbedding`, in model order."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, _Mergeable)}
 
 
-def _require_lora(model: nn.Module, what: str) -> dict[str, LoRALinear]:
+def _require_lora(model: nn.Module, what: str) -> dict[str, LoRALinear | LoRAEmbedding]:
     layers = lora_layers(model)
     if not layers:
         raise ValueError(f"{what}: the model has no LoRA layers; call apply_lora(model, r, alpha, ...) first")
@@ -253,7 +329,8 @@ def trainable_parameters(model: nn.Module) -> TrainableReport:
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The adapters (``*.lora_A``, ``*.lora_B``) and the ``modules_to_save`` given to :func:`apply_lora`:
+    """The adapters (``*.lora_A``, ``*.lora_B``; ``*.lora_embedding_A/B``) and the ``modules_to_save`` given to
+    :func:`apply_lora`:
     everything fine-tuning changed, nothing of the frozen base."""
     layers = _require_lora(model, "lora_state_dict")
     if any(m.merged for m in layers.values()):
@@ -261,7 +338,7 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
                            "(a saved adapter is applied on top of the unmerged base)")
     state = {}
     for n, m in layers.items():
-        state[f"{n}.lora_A"], state[f"{n}.lora_B"] = m.lora_A, m.lora_B
+        state.update({f"{n}.{k}": p for k, p in m.adapter_parameters().items()})
     keep = getattr(model, "_lora_config", {}).get("modules_to_save", [])
     for name, p in model.named_parameters():
         if keep and any(_matches(name.rpartition(".")[0], [k]) or name.startswith(k + ".") for k in keep):
@@ -308,7 +385,8 @@ def load_lora(model: nn.Module, path: str | os.PathLike) -> nn.Module:
             raise ValueError(f"adapter tensor {k!r} has shape {tuple(v.shape)} but this model's is "
                              f"{tuple(ours[k].shape)}: the adapter was trained on a model of another shape "
                              "(d_model / rank / number of labels); load it onto the base model it was trained on")
-    not_loaded = [f"{n}.{p}" for n in lora_layers(model) for p in ("lora_A", "lora_B") if f"{n}.{p}" not in state]
+    not_loaded = [f"{n}.{k}" for n, m in lora_layers(model).items() for k in m.adapter_parameters()
+                  if f"{n}.{k}" not in state]
     if not_loaded:
         raise ValueError(f"{path} lacks adapters this model has: {not_loaded[:4]}")
     with torch.no_grad():
@@ -327,7 +405,7 @@ def _hf_modules(model: nn.Module) -> tuple[dict[str, list[str]], bool, str | Non
     out: dict[str, list[str]] = {}
     if isinstance(model, GPTModel):
         for hf, (ours, _) in model._hf_name_map().items():
-            if hf.endswith(".weight") and ours.startswith("blocks."):
+            if hf.endswith(".weight"):  # blocks and the embeddings (tok_emb <-> wte, pos_emb <-> wpe)
                 out[ours.removesuffix(".weight")] = ["transformer." + hf.removesuffix(".weight")]
         return out, True, "CAUSAL_LM"
     if isinstance(model, _Pretrained):
@@ -346,7 +424,9 @@ def export_peft_adapter(model: nn.Module, path: str | os.PathLike) -> Path:
     ``adapter_model.safetensors``) for the matching ``transformers`` model.
 
     A fused layer (BERT's ``qkv``) becomes one peft adapter per Hugging Face layer (``query``, ``key``,
-    ``value``), each with the shared ``A`` and its rows of ``B``: the same update, exactly. ``modules_to_save``
+    ``value``), each with the shared ``A`` and its rows of ``B``: the same update, exactly. An embedding adapter
+    (GPT's ``tok_emb`` -> ``transformer.wte``) is saved under peft's names ``lora_embedding_A`` /
+    ``lora_embedding_B`` (no ``.weight``), its ``A`` cut to the real vocabulary. ``modules_to_save``
     (heads) are not exported: peft keeps them under its own names; save them with :func:`save_lora`.
     """
     layers = _require_lora(model, "export_peft_adapter")
@@ -363,15 +443,25 @@ def export_peft_adapter(model: nn.Module, path: str | os.PathLike) -> Path:
         if n not in names:
             raise ValueError(f"LoRA layer {n!r} has no Hugging Face counterpart; peft cannot load it")
         hf = names[n]
+        if isinstance(m, LoRAEmbedding):
+            (h,) = hf
+            rows = _hf_rows(model, n, m.num_embeddings)  # a padded vocabulary's extra rows are never looked up
+            state[f"base_model.model.{h}.lora_embedding_A"] = m.lora_embedding_A.detach()[:, :rows].to(
+                "cpu").contiguous().clone()
+            state[f"base_model.model.{h}.lora_embedding_B"] = m.lora_embedding_B.detach().to("cpu").contiguous(
+                ).clone()
+            targets.append(h)
+            continue
         for h, b in zip(hf, m.lora_B.detach().chunk(len(hf), dim=0)):
             state[f"base_model.model.{h}.lora_A.weight"] = m.lora_A.detach().to("cpu").contiguous().clone()
             state[f"base_model.model.{h}.lora_B.weight"] = b.to("cpu").contiguous().clone()
             targets.append(h)
     first = next(iter(layers.values()))
+    dropout = max([float(getattr(getattr(m, "lora_dropout", None), "p", 0.0)) for m in layers.values()])
     # peft computes scaling from (lora_alpha, r, use_rslora); write the alpha that gives ours exactly.
     alpha = scaling * (math.sqrt(r) if first.use_rslora else r)
     config = {"peft_type": "LORA", "task_type": task, "r": r, "lora_alpha": alpha,
-              "lora_dropout": float(getattr(first.lora_dropout, "p", 0.0)), "use_rslora": first.use_rslora,
+              "lora_dropout": dropout, "use_rslora": first.use_rslora,
               "target_modules": sorted(targets), "fan_in_fan_out": fan_in_fan_out, "bias": "none",
               "modules_to_save": None, "inference_mode": True, "base_model_name_or_path": None}
     return write_weights_folder(path, state, config, weights_name="adapter_model.safetensors",
@@ -384,6 +474,8 @@ def import_peft_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
 
     Separate Hugging Face layers that we fuse (BERT's ``query``/``key``/``value`` -> ``qkv``) become one adapter
     of rank ``3 r``: ``A`` stacked, ``B`` block-diagonal, which is exactly the three updates side by side.
+    An embedding adapter (``transformer.wte``'s ``lora_embedding_A/B``) becomes a :class:`LoRAEmbedding` on
+    ``tok_emb`` (``A`` padded with zero columns for a padded vocabulary).
     """
     from safetensors.torch import load_file
 
@@ -402,7 +494,7 @@ def import_peft_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     # peft saves "base_model.model.<module>.lora_A.weight" (older versions add the adapter name: ".default").
     ab: dict[str, dict[str, torch.Tensor]] = {}
     for k, v in raw.items():
-        k = k.removeprefix("base_model.model.").replace(".default.", ".")
+        k = k.removeprefix("base_model.model.").replace(".default.", ".").removesuffix(".default")
         mod, _, rest = k.rpartition(".lora_")
         if not mod:
             raise ValueError(f"{folder} holds {k!r}, not a LoRA tensor; only LoRA A/B are imported")
@@ -416,6 +508,12 @@ def import_peft_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
             raise ValueError(f"peft adapts {present} but not all of {hf}, which this model fuses into {ours!r}")
         base = model.get_submodule(ours)
         parts = [ab.pop(h) for h in hf]
+        if isinstance(base, nn.Embedding):
+            rows = _hf_rows(model, ours, base.num_embeddings)
+            _set_module(model, ours, _import_embedding(base, hf[0], parts[0], rows, alpha, rs, scaling))
+            continue
+        if set(parts[0]) != {"A", "B"}:
+            raise ValueError(f"peft's adapter for {hf} has {sorted(parts[0])}, not a Linear's lora_A / lora_B")
         A = torch.cat([p["A"] for p in parts], 0)  # (k r, in)
         B = torch.block_diag(*[p["B"] for p in parts])  # (out, k r)
         if A.shape[1] != base.in_features or B.shape[0] != base.out_features:
@@ -433,6 +531,30 @@ def import_peft_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     model._lora_config = dict(r=r, alpha=float(alpha), dropout=float(cfg.get("lora_dropout", 0.0)), use_rslora=rs,
                               target_modules=list(lora_layers(model)), modules_to_save=[])
     return model
+
+
+def _hf_rows(model: nn.Module, name: str, rows: int) -> int:
+    """Rows of the Hugging Face table for our embedding ``name``: GPT's padded ``tok_emb`` has ``vocab_size``."""
+    cfg = getattr(model, "cfg", None)
+    return min(rows, cfg.vocab_size) if name == "tok_emb" and hasattr(cfg, "vocab_size") else rows
+
+
+def _import_embedding(base: nn.Embedding, hf: str, part: dict[str, torch.Tensor], rows: int, alpha: float,
+                      rs: bool, scaling: float) -> LoRAEmbedding:
+    """peft's ``lora_embedding_A`` ``(r, rows)`` / ``lora_embedding_B`` ``(dim, r)`` as a :class:`LoRAEmbedding`."""
+    if set(part) != {"embedding_A", "embedding_B"}:
+        raise ValueError(f"peft's adapter for the embedding {hf!r} has {sorted(part)}, not lora_embedding_A / "
+                         "lora_embedding_B")
+    A, B = part["embedding_A"], part["embedding_B"]
+    if A.shape[1] != rows or B.shape[0] != base.embedding_dim or A.shape[0] != B.shape[1]:
+        raise ValueError(f"embedding adapter for {hf!r} has shapes A {tuple(A.shape)}, B {tuple(B.shape)} that do "
+                         f"not fit a table of {rows} x {base.embedding_dim}: another model size")
+    layer = LoRAEmbedding(base, A.shape[0], alpha, rs, scaling=scaling)
+    with torch.no_grad():
+        layer.lora_embedding_A.zero_()  # columns of a padded vocabulary's extra rows stay zero
+        layer.lora_embedding_A[:, :rows].copy_(A)
+        layer.lora_embedding_B.copy_(B)
+    return layer
 
 
 # ---------------------------------------------------------------------- bottleneck adapters (Houlsby et al., 2019)
